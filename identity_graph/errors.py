@@ -1,0 +1,31 @@
+"""The exceptions of identity-graph: one base class, each subclass named after its condition."""
+
+from __future__ import annotations
+
+
+class IdentityGraphError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidEvent(IdentityGraphError, ValueError):
+    """An event was rejected; nothing was changed.
+
+    ``field`` names the offending field (``"event"`` when the whole value is wrong) and
+    ``reason`` says what is wrong with it.
+
+    >>> str(InvalidEvent("userId", "must be a string or an integer, not a boolean"))
+    'userId: must be a string or an integer, not a boolean'
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class RulesMismatch(IdentityGraphError):
+    """The graph was built with other merge rules than the ones it was opened with."""
+
+
+class DatabaseUnavailable(IdentityGraphError):
+    """The database URL cannot be opened (bad URL, missing driver, server down)."""

@@ -1,0 +1,228 @@
+"""What is an event? Segment JSON in, a validated frozen :class:`Event` out.
+
+Pure Python, no I/O. The rules applied here are rules 1, 8 and 9 of the README and the
+validation list of section "Validation": every rejection is an :class:`InvalidEvent` that
+names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+import orjson
+
+from .errors import InvalidEvent
+
+EVENT_TYPES = frozenset({"alias", "identify", "track", "page", "screen", "group"})
+#: The fields consulted for event time, in order of preference (rule 8).
+TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
+MAX_ID_LENGTH = 1024
+MAX_MESSAGE_ID_LENGTH = 1024
+#: Prefix of the messageId we derive for events that carry none (rule 9).
+DERIVED_ID_PREFIX = "sha256:"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_JSON_TYPE_NAMES = {bool: "a boolean", float: "a number with a fraction", list: "an array", dict: "an object"}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated Segment event, reduced to what identity resolution needs.
+
+    ``time`` is the event time in microseconds since the Unix epoch, UTC; events are
+    ordered by ``key == (time, message_id)``. ID fields hold the ID exactly as sent
+    (integers turned into their decimal string); ``None`` means absent.
+
+    >>> e = parse_event({"type": "alias", "previousId": "jen@email.com", "userId": 507,
+    ...                  "messageId": "m1", "timestamp": "2015-02-23T22:28:55.111Z"})
+    >>> e.user_id, e.previous_id, e.key
+    ('507', 'jen@email.com', (1424730535111000, 'm1'))
+    """
+
+    type: str
+    message_id: str
+    time: int
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """The event-time order of rule 8: timestamp, then messageId as a plain string."""
+        return (self.time, self.message_id)
+
+    @property
+    def timestamp(self) -> datetime:
+        """The event time as an aware UTC datetime."""
+        return time_to_datetime(self.time)
+
+
+def time_to_datetime(time: int) -> datetime:
+    """Microseconds since the epoch -> aware UTC datetime.
+
+    >>> time_to_datetime(0).isoformat()
+    '1970-01-01T00:00:00+00:00'
+    """
+    return _EPOCH + timedelta(microseconds=time)
+
+
+def datetime_to_time(value: datetime) -> int:
+    """Aware datetime -> microseconds since the epoch; a naive datetime is taken as UTC.
+
+    >>> datetime_to_time(datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
+    1000000
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+_FRACTION = re.compile(r"(\d{2}:\d{2}:\d{2})[.,](\d+)")
+
+
+def parse_time(value: object, field: str = "timestamp") -> int:
+    """Parse an ISO-8601 time (any offset; naive means UTC) into epoch microseconds.
+
+    Digits past the microsecond are dropped; ties are broken by messageId anyway.
+
+    >>> parse_time("2015-02-23T22:28:55.111Z") == parse_time("2015-02-23T23:28:55.111+01:00")
+    True
+    >>> parse_time("yesterday")
+    Traceback (most recent call last):
+    ...
+    identity_graph.errors.InvalidEvent: timestamp: 'yesterday' is not an ISO-8601 date-time
+    """
+    if not isinstance(value, str):
+        raise InvalidEvent(field, f"must be an ISO-8601 string, not {_type_name(value)}")
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        # Python 3.10's fromisoformat does not take the "Z" suffix.
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        # 3.10 also only takes 3 or 6 fraction digits: normalise to 6 and retry.
+        normalised = _FRACTION.sub(lambda m: f"{m.group(1)}.{(m.group(2) + '000000')[:6]}", text)
+        try:
+            parsed = datetime.fromisoformat(normalised)
+        except ValueError:
+            raise InvalidEvent(field, f"{_short(value)} is not an ISO-8601 date-time") from None
+    return datetime_to_time(parsed)
+
+
+def parse_event(obj: object, *, now: int | None = None) -> Event:
+    """Validate one Segment event (a JSON object as a dict) into an :class:`Event`.
+
+    ``now`` (epoch microseconds) is the event time used when the event has none of the
+    time fields; it defaults to the current time.
+
+    >>> parse_event({"type": "identify", "userId": "u1", "anonymousId": None,
+    ...              "messageId": "m", "timestamp": "2024-01-01T00:00:00Z"}).anonymous_id is None
+    True
+    >>> parse_event({"type": "track", "userId": "u1", "messageId": "m"})
+    Traceback (most recent call last):
+    ...
+    identity_graph.errors.InvalidEvent: event: a track event needs an "event" name
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidEvent("event", f"must be a JSON object, not {_type_name(obj)}")
+    type_ = obj.get("type")
+    if type_ is None:
+        raise InvalidEvent("type", "is missing")
+    if not isinstance(type_, str) or type_ not in EVENT_TYPES:
+        raise InvalidEvent("type", f"{_short(type_)} is not one of {', '.join(sorted(EVENT_TYPES))}")
+
+    user_id = _id_field(obj, "userId")
+    anonymous_id = _id_field(obj, "anonymousId")
+    previous_id = _id_field(obj, "previousId") if type_ == "alias" else None
+
+    if type_ == "alias":
+        if previous_id is None:
+            raise InvalidEvent("previousId", "an alias event needs a previousId")
+        if user_id is None:
+            raise InvalidEvent("userId", "an alias event needs a userId")
+    elif user_id is None and anonymous_id is None:
+        raise InvalidEvent("userId", "the event has neither a userId nor an anonymousId")
+    if type_ == "track":
+        name = obj.get("event")
+        if name is None:
+            raise InvalidEvent("event", 'a track event needs an "event" name')
+        if not isinstance(name, str):
+            raise InvalidEvent("event", f"must be a string, not {_type_name(name)}")
+    elif type_ == "group" and obj.get("groupId") is None:
+        raise InvalidEvent("groupId", "a group event needs a groupId")
+
+    time = None
+    for field in TIME_FIELDS:
+        value = obj.get(field)
+        if value is not None:
+            time = parse_time(value, field)
+            break
+    if time is None:
+        time = now if now is not None else datetime_to_time(datetime.now(timezone.utc))
+
+    message_id = obj.get("messageId")
+    if message_id is None:
+        message_id = derive_message_id(obj)
+    elif not isinstance(message_id, str):
+        raise InvalidEvent("messageId", f"must be a string, not {_type_name(message_id)}")
+    elif not message_id:
+        raise InvalidEvent("messageId", "must not be empty")
+    elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise InvalidEvent("messageId", f"is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+
+    return Event(type_, message_id, time, user_id, anonymous_id, previous_id)
+
+
+def derive_message_id(obj: Mapping[str, Any]) -> str:
+    """A deterministic messageId for an event that has none: a hash of its canonical JSON.
+
+    Key order does not matter, so the same event re-sent always gets the same ID.
+
+    >>> derive_message_id({"a": 1, "b": 2}) == derive_message_id({"b": 2, "a": 1})
+    True
+    """
+    try:
+        body = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise InvalidEvent("event", f"is not JSON-serialisable ({exc})") from None
+    return DERIVED_ID_PREFIX + hashlib.sha256(body).hexdigest()[:32]
+
+
+def _id_field(obj: Mapping[str, Any], field: str) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        return None  # official clients send "anonymousId": null; rule 1 counts it absent
+    if type(value) is str:
+        if len(value) > MAX_ID_LENGTH:
+            raise InvalidEvent(field, f"is longer than {MAX_ID_LENGTH} characters ({len(value)})")
+        if "\x00" in value:
+            raise InvalidEvent(field, "contains a NUL character")
+        return value
+    if type(value) is int:  # not bool: bool is an int subclass but not a JSON integer
+        text = str(value)
+        if len(text) > MAX_ID_LENGTH:
+            raise InvalidEvent(field, f"is longer than {MAX_ID_LENGTH} characters ({len(text)})")
+        return text
+    raise InvalidEvent(field, f"must be a string or an integer, not {_type_name(value)}")
+
+
+def _type_name(value: object) -> str:
+    for cls, name in _JSON_TYPE_NAMES.items():
+        if isinstance(value, cls):
+            return name
+    if value is None:
+        return "null"
+    if isinstance(value, (int, str)):
+        return "a string" if isinstance(value, str) else "an integer"
+    return type(value).__name__
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,496 @@
+"""How is the graph kept? The SQLAlchemy 2.0 tables and every query, in one place.
+
+Layout: ``ig_ids`` maps each ID to its profile (indexed both ways); ``ig_profiles`` holds
+one row per profile with its canonical, size, "holds a known ID" flag and the key of the
+last event that affected it. The canonical lives on the profile, not on each ID, so a
+merge rewrites only the IDs of the smaller profile. ``ig_links`` keeps every link with its
+event and outcome, ``ig_events`` the register of seen messageIds, ``ig_meta`` the rules
+and the row writers lock.
+
+Times are stored as integer microseconds since the Unix epoch (UTC): exact, compact and
+the same on every dialect. Every write runs through :meth:`Store.run_write`, which holds
+the graph's single writer lock (SQLite ``BEGIN IMMEDIATE``; a ``FOR UPDATE`` row lock on
+PostgreSQL) for the whole decision, so concurrent writers can never lose a merge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time as _time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import DatabaseUnavailable
+from .resolver import NO_KEY, Key
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+DEFAULT_URL = "sqlite:///identity-graph.db"
+# SQLite's limit on bound parameters is 32766 since 3.32; stay far below on every dialect.
+_CHUNK = 500
+_T = TypeVar("_T")
+
+# IDs sort by code point everywhere: SQLite's BINARY collation does; PostgreSQL needs "C".
+IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IdRow(Base):
+    __tablename__ = "ig_ids"
+    id: Mapped[str] = mapped_column(IdString, primary_key=True)
+    profile_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    known_time: Mapped[int | None] = mapped_column(BigInteger)
+    known_msg: Mapped[str | None] = mapped_column(Text)
+    first_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProfileRow(Base):
+    __tablename__ = "ig_profiles"
+    profile_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    canonical: Mapped[str] = mapped_column(IdString)
+    size: Mapped[int] = mapped_column(Integer)
+    known: Mapped[bool] = mapped_column(Boolean)
+    last_time: Mapped[int | None] = mapped_column(BigInteger)
+    last_msg: Mapped[str | None] = mapped_column(Text)
+
+
+class LinkRow(Base):
+    __tablename__ = "ig_links"
+    link_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(IdString, index=True)
+    target: Mapped[str] = mapped_column(IdString, index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    message_id: Mapped[str] = mapped_column(Text, index=True)
+    event_type: Mapped[str] = mapped_column(String(16))
+    time: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class EventRow(Base):
+    __tablename__ = "ig_events"
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    time: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(16))
+
+
+class MetaRow(Base):
+    __tablename__ = "ig_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+ids_t = IdRow.__table__
+profiles_t = ProfileRow.__table__
+links_t = LinkRow.__table__
+events_t = EventRow.__table__
+meta_t = MetaRow.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class StoredId:
+    """An ID's row joined with its profile's row."""
+
+    id: str
+    profile_id: int
+    known: Key | None
+    first_time: int
+    canonical: str
+    size: int
+    profile_known: bool
+    last: Key
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    link_id: int
+    source: str
+    target: str
+    kind: str
+    message_id: str
+    event_type: str
+    time: int
+    seq: int
+    outcome: str
+    reason: str | None
+
+
+def _key(time: int | None, msg: str | None) -> Key | None:
+    return None if time is None else (time, msg or "")
+
+
+def _chunks(items: list[_T], size: int = _CHUNK) -> Iterator[list[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _normalise_url(url: str) -> str:
+    # "postgresql://" means psycopg2 to SQLAlchemy; we ship with psycopg 3.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Store:
+    """The graph's tables in one database, and every query on them.
+
+    >>> store = Store("sqlite://")
+    >>> store.read_meta("schema_version")
+    '1'
+    """
+
+    def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
+        self.url = _normalise_url(url or os.environ.get("IDENTITY_GRAPH_DB") or DEFAULT_URL)
+        try:
+            parsed = make_url(self.url)
+            self.dialect = parsed.get_backend_name()
+            kwargs: dict[str, Any] = {}
+            if self.dialect == "sqlite":
+                kwargs["connect_args"] = {"timeout": busy_timeout}
+            else:
+                kwargs["pool_pre_ping"] = True
+            self.engine: Engine = create_engine(parsed, **kwargs)
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+            hint = ""
+            if "postgresql" in self.url:
+                hint = " (PostgreSQL needs psycopg 3: pip install 'identity-graph[postgres]')"
+            raise DatabaseUnavailable(f"cannot open {self.url!r}: {exc}{hint}") from None
+        if self.dialect == "sqlite":
+            self._configure_sqlite(busy_timeout)
+        self._initialise()
+
+    # -- connection setup -------------------------------------------------------------
+
+    def _configure_sqlite(self, busy_timeout: float) -> None:
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # We issue BEGIN ourselves (below); pysqlite's implicit BEGIN is DEFERRED, which
+            # lets two writers read the same state and then collide.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the
+            # last transactions, never corrupt the file.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("ig_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _initialise(self) -> None:
+        try:
+            if self.read_meta("schema_version") == SCHEMA_VERSION:
+                return
+        except DBAPIError:
+            pass  # no tables yet
+        except DatabaseUnavailable:
+            raise
+
+        def create(conn: Connection) -> None:
+            if self.dialect == "postgresql":
+                # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
+            Base.metadata.create_all(conn)
+            existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
+            rows = [
+                {"key": k, "value": v}
+                for k, v in (("schema_version", SCHEMA_VERSION), ("lock", "writers lock on this row"))
+                if k not in existing
+            ]
+            if rows:
+                conn.execute(insert(meta_t), rows)
+
+        self._run(create, write=True, lock=False)
+
+    @contextmanager
+    def _connect(self, write: bool) -> Iterator[Connection]:
+        try:
+            conn = self.engine.connect()
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {exc.orig}") from None
+        try:
+            if write:
+                conn = conn.execution_options(ig_write=True)
+            yield conn
+        finally:
+            conn.close()
+
+    def _run(self, fn: Callable[[Connection], _T], *, write: bool, lock: bool = True) -> _T:
+        """Run ``fn`` in one transaction; retry it whole when the database says "try again"."""
+        delay = 0.01
+        for attempt in range(50):
+            with self._connect(write) as conn:
+                try:
+                    with conn.begin():
+                        if write and lock and self.dialect == "postgresql":
+                            conn.execute(
+                                select(meta_t.c.value).where(meta_t.c.key == "lock").with_for_update()
+                            )
+                        return fn(conn)
+                except OperationalError as exc:
+                    if not self._transient(exc) or attempt == 49:
+                        raise
+                    log.debug("retrying after transient error: %s", exc.orig)
+            _time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _transient(exc: OperationalError) -> bool:
+        code = getattr(exc.orig, "sqlstate", None)
+        if code in ("40001", "40P01"):  # serialization failure, deadlock
+            return True
+        return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
+
+    def run_write(self, fn: Callable[["WriteTx"], _T]) -> _T:
+        """Run ``fn(tx)`` holding the graph's writer lock, in one transaction, with retries."""
+        return self._run(lambda conn: fn(WriteTx(conn, self.dialect)), write=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- meta --------------------------------------------------------------------------
+
+    def read_meta(self, key: str) -> str | None:
+        with self._connect(False) as conn:
+            return conn.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
+
+    def write_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the stored value."""
+
+        def go(conn: Connection) -> str:
+            current = conn.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
+            if current is None:
+                conn.execute(insert(meta_t).values(key=key, value=value))
+                return value
+            return current
+
+        return self._run(go, write=True)
+
+    def read_json_meta(self, key: str) -> Any:
+        value = self.read_meta(key)
+        return None if value is None else json.loads(value)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def lookup(self, id_: str) -> tuple[str, list[str]] | None:
+        """(canonical, sorted member IDs) of ``id_``'s profile, or None: two indexed queries."""
+        with self._connect(False) as conn:
+            row = conn.execute(
+                select(profiles_t.c.canonical, profiles_t.c.profile_id)
+                .join(ids_t, ids_t.c.profile_id == profiles_t.c.profile_id)
+                .where(ids_t.c.id == id_)
+            ).first()
+            if row is None:
+                return None
+            members = conn.execute(
+                select(ids_t.c.id).where(ids_t.c.profile_id == row.profile_id)
+            ).scalars().all()
+        return row.canonical, sorted(members)
+
+    def resolve(self, id_: str) -> str | None:
+        """The canonical of ``id_``'s profile, or None: one indexed query."""
+        with self._connect(False) as conn:
+            return conn.execute(
+                select(profiles_t.c.canonical)
+                .join(ids_t, ids_t.c.profile_id == profiles_t.c.profile_id)
+                .where(ids_t.c.id == id_)
+            ).scalar()
+
+    def iter_identities(self, batch: int = 10_000) -> Iterator[tuple[str, str]]:
+        """Every (id, canonical), sorted by ID (code point order), streamed in batches."""
+        with self._connect(False) as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+                select(ids_t.c.id, profiles_t.c.canonical)
+                .join(profiles_t, ids_t.c.profile_id == profiles_t.c.profile_id)
+                .order_by(ids_t.c.id)
+            )
+            for row in result:
+                yield row[0], row[1]
+
+    def all_links(self) -> list[StoredLink]:
+        with self._connect(False) as conn:
+            return [StoredLink(*row) for row in conn.execute(_select_links().order_by(links_t.c.link_id))]
+
+    def count(self, table: str) -> int:
+        t = Base.metadata.tables[table]
+        with self._connect(False) as conn:
+            return conn.execute(select(func.count()).select_from(t)).scalar_one()
+
+
+def _select_links():  # type: ignore[no-untyped-def]
+    c = links_t.c
+    return select(
+        c.link_id, c.source, c.target, c.kind, c.message_id, c.event_type, c.time, c.seq, c.outcome, c.reason
+    )
+
+
+class WriteTx:
+    """The queries of one locked write transaction. Created by :meth:`Store.run_write`."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self._next_profile_id: int | None = None
+
+    def existing_message_ids(self, message_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        c = events_t.c
+        for chunk in _chunks(message_ids):
+            found.update(self.conn.execute(select(c.message_id).where(c.message_id.in_(chunk))).scalars())
+        return found
+
+    def load_ids(self, ids: Iterable[str]) -> dict[str, StoredId]:
+        """The stored rows (with profile) of those of ``ids`` that exist."""
+        out: dict[str, StoredId] = {}
+        i, p = ids_t.c, profiles_t.c
+        query = select(
+            i.id, i.profile_id, i.known_time, i.known_msg, i.first_time,
+            p.canonical, p.size, p.known, p.last_time, p.last_msg,
+        ).join(profiles_t, i.profile_id == p.profile_id)
+        for chunk in _chunks(list(ids)):
+            for r in self.conn.execute(query.where(i.id.in_(chunk))):
+                out[r[0]] = StoredId(
+                    r[0], r[1], _key(r[2], r[3]), r[4], r[5], r[6], bool(r[7]), _key(r[8], r[9]) or NO_KEY
+                )
+        return out
+
+    def cluster(self, seeds: Iterable[str]) -> set[str]:
+        """Every stored ID joined to ``seeds`` by profile membership or by any stored link.
+
+        Breadth-first, one round of set-based queries per step; seeds not stored are
+        returned as they are.
+        """
+        seen = set(seeds)
+        frontier = list(seen)
+        seen_profiles: set[int] = set()
+        i, lk = ids_t.c, links_t.c
+        while frontier:
+            found: set[str] = set()
+            pids: set[int] = set()
+            for chunk in _chunks(frontier):
+                pids.update(self.conn.execute(select(i.profile_id).where(i.id.in_(chunk))).scalars())
+                for src, dst in self.conn.execute(
+                    select(lk.source, lk.target).where(or_(lk.source.in_(chunk), lk.target.in_(chunk)))
+                ):
+                    found.add(src)
+                    found.add(dst)
+            new_pids = list(pids - seen_profiles)
+            seen_profiles.update(new_pids)
+            for chunk in _chunks(new_pids):
+                found.update(self.conn.execute(select(i.id).where(i.profile_id.in_(chunk))).scalars())
+            frontier = list(found - seen)
+            seen.update(frontier)
+        return seen
+
+    def links_touching(self, ids: Iterable[str]) -> list[StoredLink]:
+        """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links)."""
+        out: list[StoredLink] = []
+        for chunk in _chunks(list(ids)):
+            out.extend(StoredLink(*row) for row in self.conn.execute(_select_links().where(links_t.c.source.in_(chunk))))
+        return out
+
+    def new_profile_id(self) -> int:
+        if self._next_profile_id is None:
+            current = self.conn.execute(select(func.max(profiles_t.c.profile_id))).scalar()
+            self._next_profile_id = (current or 0) + 1
+        pid = self._next_profile_id
+        self._next_profile_id += 1
+        return pid
+
+    # -- writes ------------------------------------------------------------------------
+
+    def insert_events(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(insert(events_t), rows)
+
+    def insert_ids(self, rows: list[dict[str, Any]]) -> None:
+        """rows: id, profile_id, known_time, known_msg, first_time."""
+        if rows:
+            self.conn.execute(insert(ids_t), rows)
+
+    def insert_links(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(insert(links_t), rows)
+
+    def set_id_fields(self, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
+        """Update ``fields`` of existing IDs; each row has ``b_id`` and the fields."""
+        if rows:
+            stmt = update(ids_t).where(ids_t.c.id == bindparam("b_id")).values(
+                {f: bindparam(f) for f in fields}
+            )
+            self.conn.execute(stmt, rows)
+
+    def relabel(self, moves: list[tuple[int, int]]) -> None:
+        """Move every ID of profile ``old`` into profile ``new``, for each (old, new)."""
+        if moves:
+            stmt = update(ids_t).where(ids_t.c.profile_id == bindparam("b_old")).values(
+                profile_id=bindparam("b_new")
+            )
+            self.conn.execute(stmt, [{"b_old": old, "b_new": new} for old, new in moves])
+
+    def delete_profiles(self, pids: list[int]) -> None:
+        for chunk in _chunks(pids):
+            self.conn.execute(delete(profiles_t).where(profiles_t.c.profile_id.in_(chunk)))
+
+    def insert_profiles(self, rows: list[dict[str, Any]]) -> None:
+        """rows: profile_id, canonical, size, known, last_time, last_msg."""
+        if rows:
+            self.conn.execute(insert(profiles_t), rows)
+
+    def update_profiles(self, rows: list[dict[str, Any]]) -> None:
+        """rows: b_pid, canonical, size, known, last_time, last_msg."""
+        if rows:
+            p = profiles_t.c
+            stmt = update(profiles_t).where(p.profile_id == bindparam("b_pid")).values(
+                canonical=bindparam("canonical"),
+                size=bindparam("size"),
+                known=bindparam("known"),
+                last_time=bindparam("last_time"),
+                last_msg=bindparam("last_msg"),
+            )
+            self.conn.execute(stmt, rows)
+
+    def update_link_outcomes(self, rows: list[dict[str, Any]]) -> None:
+        """rows: b_link_id, outcome, reason."""
+        if rows:
+            stmt = update(links_t).where(links_t.c.link_id == bindparam("b_link_id")).values(
+                outcome=bindparam("outcome"), reason=bindparam("reason")
+            )
+            self.conn.execute(stmt, rows)
