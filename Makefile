@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs
+# into ./.venv first, so both work on a fresh machine with only python3 (>= 3.10).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: install demo test
+install: $(STAMP)
+
+# The main job on the embedded SQLite default (./identity-graph.db): resolve the sample
+# history, then look a person up. Running it again changes nothing (rule 9).
+demo: $(STAMP)
+	$(BIN)/identity-graph ingest examples/sample-history.jsonl
+	$(BIN)/identity-graph lookup jen@email.com
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

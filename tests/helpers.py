@@ -1,0 +1,44 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from identity_graph import IdentityGraph
+
+
+def ev(type_: str, t: int, msg: str, **fields: Any) -> dict[str, Any]:
+    """A Segment event at second ``t`` of 2024-01-01 (UTC) with messageId ``msg``."""
+    event: dict[str, Any] = {"type": type_, "messageId": msg,
+                             "timestamp": f"2024-01-01T00:{t // 60:02d}:{t % 60:02d}Z"}
+    if type_ == "track":
+        event.setdefault("event", "Clicked")
+    if type_ == "group":
+        event.setdefault("groupId", "g1")
+    event.update(fields)
+    return event
+
+
+def identify(t: int, msg: str, user: Any = None, anon: Any = None) -> dict[str, Any]:
+    fields = {}
+    if user is not None:
+        fields["userId"] = user
+    if anon is not None:
+        fields["anonymousId"] = anon
+    return ev("identify", t, msg, **fields)
+
+
+def alias(t: int, msg: str, previous: Any, user: Any, **more: Any) -> dict[str, Any]:
+    return ev("alias", t, msg, previousId=previous, userId=user, **more)
+
+
+def profiles(graph: IdentityGraph) -> set[tuple[str, frozenset[str]]]:
+    """The whole graph as a set of (canonical, members): order never matters."""
+    groups: dict[str, set[str]] = {}
+    for id_, canonical in graph.identities():
+        groups.setdefault(canonical, set()).add(id_)
+    return {(c, frozenset(ids)) for c, ids in groups.items()}
+
+
+def P(canonical: str, *others: str) -> tuple[str, frozenset[str]]:
+    return (canonical, frozenset((canonical, *others)))

@@ -1,0 +1,92 @@
+"""The store: layout promises (union by size, sort order, WAL) and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event as sa_event
+
+from helpers import alias, identify
+from identity_graph import DatabaseUnavailable, IdentityGraph, MergeRules
+
+
+def count_relabelled_ids(graph: IdentityGraph):  # type: ignore[no-untyped-def]
+    """Sum of ig_ids rows rewritten by UPDATE statements while the returned list is live."""
+    moved = [0]
+
+    def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE IG_IDS"):
+            moved[0] += max(cursor.rowcount, 0)
+
+    sa_event.listen(graph._store.engine, "after_cursor_execute", after)
+    return moved
+
+
+def test_a_chain_relabels_only_the_smaller_side(make_graph) -> None:
+    graph = make_graph(MergeRules(max_profile_ids=10**6))
+    moved = count_relabelled_ids(graph)
+    n = 300
+    for i in range(n):  # id0 -> id1 -> ...: the canonical moves every time, the big side stays
+        graph.ingest(alias(i, f"m{i:05d}", f"id{i}", f"id{i + 1}"))
+    assert graph.resolve("id0") == f"id{n}"
+    assert len(graph.profile("id0").ids) == n + 1  # type: ignore[union-attr]
+    # Each merge absorbs the singleton {id(i+1)} into the big profile: ~0 rows moved, where
+    # relabelling the source side would move 1 + 2 + ... + n rows.
+    assert moved[0] <= n
+
+
+def test_merging_two_big_profiles_moves_the_smaller_one(make_graph) -> None:
+    graph = make_graph(MergeRules(max_profile_ids=10**6))
+    graph.ingest_many(alias(i, f"a{i:03d}", f"small{i}", "S") for i in range(5))
+    graph.ingest_many(alias(100 + i, f"b{i:03d}", f"big{i}", "B") for i in range(50))
+    moved = count_relabelled_ids(graph)
+    graph.ingest(alias(500, "join", "B", "S"))  # canonical S survives, B's 51 IDs stay put
+    assert graph.resolve("big7") == "S"
+    assert moved[0] == 6
+
+
+def test_identities_are_sorted_by_code_point(graph: IdentityGraph) -> None:
+    ids = ["b", "B", "a", "é", "Z", "_", "aa", "😀", "ä"]
+    graph.ingest_many(identify(i, f"m{i}", anon=x) for i, x in enumerate(ids))
+    assert [i for i, _ in graph.identities()] == sorted(ids)
+
+
+def test_sqlite_is_opened_in_wal_mode(tmp_path) -> None:
+    with IdentityGraph(f"sqlite:///{tmp_path / 'g.db'}") as graph:
+        with graph._store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_default_url_is_env_then_local_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IDENTITY_GRAPH_DB", raising=False)
+    with IdentityGraph() as graph:
+        assert graph.url == "sqlite:///identity-graph.db"
+    assert (tmp_path / "identity-graph.db").exists()
+    monkeypatch.setenv("IDENTITY_GRAPH_DB", f"sqlite:///{tmp_path / 'env.db'}")
+    with IdentityGraph() as graph:
+        assert graph.url.endswith("env.db")
+
+
+def test_reopening_keeps_the_graph(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    with IdentityGraph(url) as graph:
+        graph.ingest(identify(1, "m1", user="u1", anon="a1"))
+    with IdentityGraph(url) as graph:
+        assert graph.resolve("a1") == "u1"
+
+
+def test_an_unknown_driver_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseUnavailable, match="cannot open 'nosuchdb://x'"):
+        IdentityGraph("nosuchdb://x")
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseUnavailable, match="cannot connect"):
+        IdentityGraph("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_plain_postgresql_urls_use_psycopg3() -> None:
+    from identity_graph.store import _normalise_url
+
+    assert _normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert _normalise_url("sqlite:///x.db") == "sqlite:///x.db"
