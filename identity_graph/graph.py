@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from .errors import InvalidEvent, RulesMismatch
 from .events import Event, datetime_to_time, parse_event
-from .resolver import Key, Link, ProfileState, Resolver, replay
+from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .rules import MERGED, REFUSED, TOGETHER, MergeRules, Outcome
 from .store import Store, StoredId, WriteTx
 
@@ -437,10 +437,10 @@ class _BatchWriter:
                 if (state.canonical, state.size, state.known, state.last) != (
                     old.canonical, old.size, old.profile_known, old.last
                 ):
-                    changed_profiles.append({"b_pid": survivor, **_profile_fields(state)})
+                    changed_profiles.append(_profile_row(survivor, state))
             else:
                 survivor = self.tx.new_profile_id()
-                new_profiles.append({"profile_id": survivor, **_profile_fields(state)})
+                new_profiles.append(_profile_row(survivor, state))
             for i in group:
                 if i not in self.stored:
                     self._insert_id(i, survivor, known_changes.get(i))
@@ -468,9 +468,7 @@ class _BatchWriter:
         resolver, outcomes = replay(self.rules, sorted(cluster), known_at, links + batch_links)
 
         self.tx.update_link_outcomes([
-            {"b_link_id": s.link_id, "outcome": o, "reason": r}
-            for s, (o, r) in zip(stored_links, outcomes)
-            if (s.outcome, s.reason) != (o, r)
+            (o, r, s.link_id) for s, (o, r) in zip(stored_links, outcomes) if (s.outcome, s.reason) != (o, r)
         ])
         for link, outcome in zip(batch_links, outcomes[len(links):]):
             self.outcomes[(link.message_id, link.seq)] = outcome
@@ -487,7 +485,7 @@ class _BatchWriter:
             if pid is None:
                 pid = self.tx.new_profile_id()
             taken.add(pid)
-            rows.append({"profile_id": pid, **_profile_fields(resolver.state(root))})
+            rows.append(_profile_row(pid, resolver.state(root)))
             for i in group:
                 s = self.stored.get(i)
                 if s is None:
@@ -501,11 +499,9 @@ class _BatchWriter:
         self.tx.insert_profiles(rows)
 
     def _insert_id(self, id_: str, pid: int, known: Key | None) -> None:
-        self.id_inserts.append({
-            "id": id_, "profile_id": pid,
-            "known_time": known[0] if known else None, "known_msg": known[1] if known else None,
-            "first_time": self.first_time[id_],
-        })
+        self.id_inserts.append((
+            id_, pid, known[0] if known else None, known[1] if known else None, self.first_time[id_]
+        ))
 
     def _update_id(self, id_: str, **fields: Any) -> None:
         self.id_updates.setdefault(id_, {}).update(fields)
@@ -518,32 +514,27 @@ class _BatchWriter:
                 self._update_id(i, first_time=first)
         tx.insert_ids(self.id_inserts)
         # Group updates by the set of fields they change: one executemany per shape.
-        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for i, fields in self.id_updates.items():
-            by_shape.setdefault(tuple(sorted(fields)), []).append({"b_id": i, **fields})
+            shape = tuple(sorted(fields))
+            by_shape.setdefault(shape, []).append((*(fields[f] for f in shape), i))
         for shape, rows in by_shape.items():
-            tx.set_id_fields(rows, shape)
+            tx.set_id_fields(shape, rows)
         tx.insert_links([
-            {
-                "source": l.source, "target": l.target, "kind": l.kind, "message_id": l.message_id,
-                "event_type": p.event.type, "time": l.time, "seq": l.seq,
-                "outcome": self.outcomes[(l.message_id, l.seq)][0],
-                "reason": self.outcomes[(l.message_id, l.seq)][1],
-            }
+            (l.source, l.target, l.kind, l.message_id, p.event.type, l.time, l.seq,
+             *self.outcomes[(l.message_id, l.seq)])
             for p in self.plans for l in p.links
         ])
-        tx.insert_events([
-            {"message_id": p.event.message_id, "time": p.event.time, "type": p.event.type} for p in self.plans
-        ])
+        tx.insert_events([(p.event.message_id, p.event.time, p.event.type) for p in self.plans])
 
 
-def _profile_fields(state: ProfileState) -> dict[str, Any]:
-    last_time, last_msg = state.last
-    return {
-        "canonical": state.canonical, "size": state.size, "known": state.known,
-        "last_time": None if last_time == -(2**63) else last_time,
-        "last_msg": None if last_time == -(2**63) else last_msg,
-    }
+def _profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
+    """(profile_id, canonical, size, known, last_time, last_msg) as the store takes it."""
+    untouched = state.last == NO_KEY
+    return (
+        pid, state.canonical, state.size, state.known,
+        None if untouched else state.last[0], None if untouched else state.last[1],
+    )
 
 
 def _new_event(type_: str, timestamp: datetime | None, **ids: str | None) -> dict[str, Any]:

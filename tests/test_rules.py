@@ -225,23 +225,28 @@ def test_rule8_a_late_alias_can_turn_a_refusal_into_a_merge(graph: IdentityGraph
     assert outcomes == {"m1": "merged", "m2": "merged", "m3": "together"}
 
 
-def test_rule8_replay_reads_only_the_touched_cluster(graph: IdentityGraph) -> None:
-    from sqlalchemy import event as sa_event
+def test_rule8_replay_reads_only_the_touched_cluster(graph: IdentityGraph, monkeypatch) -> None:
+    from identity_graph.store import WriteTx
 
     graph.ingest_many([identify(i, f"o{i}", user=f"other{i}", anon=f"dev{i}") for i in range(1, 6)])
     graph.ingest(identify(2, "m2", user="y", anon="x"))
-    seen_params: list[str] = []
+    seen: list[str] = []
+    select_in, many = WriteTx._select_in, WriteTx._many
 
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        seen_params.append(repr(parameters))
+    def spy_select(self, head, column, values):  # type: ignore[no-untyped-def]
+        values = list(values)
+        seen.append(repr(values))
+        return select_in(self, head, column, values)
 
-    sa_event.listen(graph._store.engine, "before_cursor_execute", capture)
-    try:
-        assert graph.ingest(ev("track", 1, "m1", userId="x")).replayed
-    finally:
-        sa_event.remove(graph._store.engine, "before_cursor_execute", capture)
-    assert any("'x'" in p for p in seen_params)
-    assert not any("other" in p or "dev" in p for p in seen_params)
+    def spy_many(self, sql, rows):  # type: ignore[no-untyped-def]
+        seen.append(repr(rows))
+        return many(self, sql, rows)
+
+    monkeypatch.setattr(WriteTx, "_select_in", spy_select)
+    monkeypatch.setattr(WriteTx, "_many", spy_many)
+    assert graph.ingest(ev("track", 1, "m1", userId="x")).replayed
+    assert any("'x'" in p for p in seen)
+    assert not any("other" in p or "dev" in p for p in seen)
     assert P("other3", "dev3") in profiles(graph)
 
 

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event as sa_event
 
 from helpers import alias, identify
 from identity_graph import DatabaseUnavailable, IdentityGraph, MergeRules
 
 
-def count_relabelled_ids(graph: IdentityGraph):  # type: ignore[no-untyped-def]
-    """Sum of ig_ids rows rewritten by UPDATE statements while the returned list is live."""
+def count_relabelled_ids(monkeypatch):  # type: ignore[no-untyped-def]
+    """Sum of ig_ids rows moved between profiles by relabelling, while the list is live."""
+    from identity_graph.store import WriteTx
+
     moved = [0]
+    relabel = WriteTx.relabel
 
-    def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("UPDATE IG_IDS"):
-            moved[0] += max(cursor.rowcount, 0)
+    def spy(self, moves):  # type: ignore[no-untyped-def]
+        relabel(self, moves)
+        if moves:
+            moved[0] += self.cur.rowcount
 
-    sa_event.listen(graph._store.engine, "after_cursor_execute", after)
+    monkeypatch.setattr(WriteTx, "relabel", spy)
     return moved
 
 
-def test_a_chain_relabels_only_the_smaller_side(make_graph) -> None:
+def test_a_chain_relabels_only_the_smaller_side(make_graph, monkeypatch) -> None:
     graph = make_graph(MergeRules(max_profile_ids=10**6))
-    moved = count_relabelled_ids(graph)
+    moved = count_relabelled_ids(monkeypatch)
     n = 300
     for i in range(n):  # id0 -> id1 -> ...: the canonical moves every time, the big side stays
         graph.ingest(alias(i, f"m{i:05d}", f"id{i}", f"id{i + 1}"))
@@ -34,11 +37,11 @@ def test_a_chain_relabels_only_the_smaller_side(make_graph) -> None:
     assert moved[0] <= n
 
 
-def test_merging_two_big_profiles_moves_the_smaller_one(make_graph) -> None:
+def test_merging_two_big_profiles_moves_the_smaller_one(make_graph, monkeypatch) -> None:
     graph = make_graph(MergeRules(max_profile_ids=10**6))
     graph.ingest_many(alias(i, f"a{i:03d}", f"small{i}", "S") for i in range(5))
     graph.ingest_many(alias(100 + i, f"b{i:03d}", f"big{i}", "B") for i in range(50))
-    moved = count_relabelled_ids(graph)
+    moved = count_relabelled_ids(monkeypatch)
     graph.ingest(alias(500, "join", "B", "S"))  # canonical S survives, B's 51 IDs stay put
     assert graph.resolve("big7") == "S"
     assert moved[0] == 6
