@@ -129,10 +129,14 @@ class _Plan:
 
 def _plan(event: Event, rules: MergeRules) -> _Plan | None:
     """None when every ID of the event is blocked (rule 2)."""
-    user, anon, prev = (
-        None if v is None or rules.is_blocked(v) else v
-        for v in (event.user_id, event.anonymous_id, event.previous_id)
-    )
+    is_blocked = rules.is_blocked
+    user, anon, prev = event.user_id, event.anonymous_id, event.previous_id
+    if user is not None and is_blocked(user):
+        user = None
+    if anon is not None and is_blocked(anon):
+        anon = None
+    if prev is not None and is_blocked(prev):
+        prev = None
     ids = tuple(dict.fromkeys(v for v in (prev, anon, user) if v is not None))
     if not ids:
         return None
@@ -284,7 +288,12 @@ class IdentityGraph:
         return results  # type: ignore[return-value]
 
     def alias(self, previous_id: str, user_id: str, *, timestamp: datetime | None = None) -> IngestResult:
-        """Ingest an ``alias`` event (now, with a new messageId) merging ``previous_id`` into ``user_id``."""
+        """Ingest an ``alias`` event (now, with a new messageId) merging ``previous_id`` into ``user_id``.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     [(l.kind, l.outcome) for l in g.alias("jen@email.com", "507f191e81").links]
+        [('alias', 'merged')]
+        """
         return self.ingest(_new_event("alias", timestamp, previousId=previous_id, userId=user_id))
 
     def identify(
@@ -294,22 +303,46 @@ class IdentityGraph:
         *,
         timestamp: datetime | None = None,
     ) -> IngestResult:
-        """Ingest an ``identify`` event (now, with a new messageId)."""
+        """Ingest an ``identify`` event (now, with a new messageId).
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
+        ...     g.identify(user_id="u2", anonymous_id="device-1").links[0].reason
+        'known_id'
+        """
         return self.ingest(_new_event("identify", timestamp, userId=user_id, anonymousId=anonymous_id))
 
     # -- reading -----------------------------------------------------------------------
 
     def resolve(self, id_: str) -> str | None:
-        """The canonical ID of ``id_``'s profile, or None for an ID no event has mentioned."""
+        """The canonical ID of ``id_``'s profile, or None for an ID no event has mentioned.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
+        ...     g.resolve("device-1"), g.resolve("nobody")
+        ('u1', None)
+        """
         return self._store.resolve(id_)
 
     def profile(self, id_: str) -> Profile | None:
-        """``id_``'s profile (canonical and every ID), or None for an unknown ID."""
+        """``id_``'s profile (canonical and every ID), or None for an unknown ID.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
+        ...     sorted(g.profile("u1").ids)
+        ['device-1', 'u1']
+        """
         found = self._store.lookup(id_)
         return None if found is None else Profile(found[0], frozenset(found[1]))
 
     def identities(self) -> Iterator[tuple[str, str]]:
-        """Every (id, canonical) pair, sorted by ID, streamed from the database."""
+        """Every (id, canonical) pair, sorted by ID (code points), streamed from the database.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
+        ...     list(g.identities())
+        [('device-1', 'u1'), ('u1', 'u1')]
+        """
         return self._store.iter_identities()
 
     # -- the one write path ------------------------------------------------------------
