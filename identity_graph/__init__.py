@@ -9,7 +9,8 @@
 
 from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch
 from .events import Event, parse_event
-from .graph import IdentityGraph, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
+from .graph import IdentityGraph
+from .results import IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
 from .rules import MergeRules
 
 __version__ = "0.1.0"

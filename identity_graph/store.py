@@ -32,15 +32,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
-    bindparam,
     create_engine,
-    delete,
     event,
     func,
     insert,
-    or_,
     select,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
@@ -438,7 +434,7 @@ class WriteTx:
             found: set[str] = set()
             pids = {r[0] for r in self._select_in("SELECT profile_id FROM ig_ids WHERE ", "id", frontier)}
             for column in ("source", "target"):
-                for src, dst in self._select_in(f"SELECT source, target FROM ig_links WHERE ", column, frontier):
+                for src, dst in self._select_in("SELECT source, target FROM ig_links WHERE ", column, frontier):
                     found.add(src)
                     found.add(dst)
             new_pids = list(pids - seen_profiles)

@@ -1,0 +1,281 @@
+"""The one write path: apply a batch of events to the stored graph, exactly.
+
+Inside the store's writer lock (see :meth:`identity_graph.store.Store.run_write`):
+
+1. drop events whose messageId the graph has already seen (rule 9);
+2. load the touched IDs with their profiles;
+3. an event is *late* when a profile it would change has already been affected by a
+   later event; late events make the whole *cluster* they touch (everything joined to
+   them by profile membership or by any stored link, merged or refused) be rebuilt from
+   its stored links in event-time order (rule 8). Nothing outside that cluster is read;
+4. every other event is applied in event-time order on top of the stored profiles,
+   relabelling only the smaller profile of a merge;
+5. write the IDs, links with outcomes, profiles and the messageId register.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .events import Event
+from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
+from .results import IngestResult, LinkResult
+from .rules import MergeRules, Outcome
+from .store import StoredId, WriteTx
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one valid event asserts once blocked values are dropped."""
+
+    event: Event
+    ids: tuple[str, ...]
+    user: str | None
+    links: tuple[Link, ...]
+
+
+def plan_event(event: Event, rules: MergeRules) -> Plan | None:
+    """None when every ID of the event is blocked (rule 2)."""
+    is_blocked = rules.is_blocked
+    user, anon, prev = event.user_id, event.anonymous_id, event.previous_id
+    if user is not None and is_blocked(user):
+        user = None
+    if anon is not None and is_blocked(anon):
+        anon = None
+    if prev is not None and is_blocked(prev):
+        prev = None
+    ids = tuple(dict.fromkeys(v for v in (prev, anon, user) if v is not None))
+    if not ids:
+        return None
+    links = []
+    # Rule 4: an alias's explicit link first (seq 0), then any implicit link (seq 1).
+    # A link from an ID to itself says nothing and is not kept.
+    if prev is not None and user is not None and prev != user:
+        links.append(Link(prev, user, "alias", event.message_id, event.time, 0))
+    if anon is not None and user is not None and anon != user:
+        links.append(Link(anon, user, "implicit", event.message_id, event.time, 1))
+    return Plan(event, ids, user, tuple(links))
+
+
+def apply_plans(tx: WriteTx, rules: MergeRules, plans: list[Plan]) -> list[IngestResult]:
+    """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order."""
+    existing = tx.existing_message_ids([p.event.message_id for p in plans])
+    fresh = sorted((p for p in plans if p.event.message_id not in existing), key=lambda p: p.event.key)
+    outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
+    replayed: set[str] = set()
+    if fresh:
+        writer = _BatchWriter(tx, rules, fresh)
+        writer.run()
+        outcomes, replayed = writer.outcomes, writer.replayed_messages
+    results = []
+    for p in plans:
+        mid = p.event.message_id
+        if mid in existing:
+            results.append(IngestResult(mid, "duplicate"))
+            continue
+        links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
+        results.append(IngestResult(mid, "applied", links, mid in replayed))
+    return results
+
+
+class _BatchWriter:
+    """Applies one batch of fresh, time-sorted plans inside a write transaction."""
+
+    def __init__(self, tx: WriteTx, rules: MergeRules, plans: list[Plan]) -> None:
+        self.tx = tx
+        self.rules = rules
+        self.plans = plans
+        self.outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
+        self.replayed_messages: set[str] = set()
+        touched = {i for p in plans for i in p.ids}
+        self.stored: dict[str, StoredId] = tx.load_ids(touched)
+        self.first_time: dict[str, int] = {}
+        for p in plans:
+            for i in p.ids:
+                if i not in self.first_time:  # plans are time-sorted: the first is the earliest
+                    self.first_time[i] = p.event.time
+        self.id_inserts: list[dict[str, Any]] = []
+        self.id_updates: dict[str, dict[str, Any]] = {}
+
+    # A user ID's known-mark matters only when it is the earliest event carrying it.
+    def _marks_known(self, plan: Plan, known_at: Mapping[str, Key]) -> bool:
+        if plan.user is None:
+            return False
+        current = known_at.get(plan.user)
+        return current is None or plan.event.key < current
+
+    def run(self) -> None:
+        known_at = {i: s.known for i, s in self.stored.items() if s.known is not None}
+        cluster = self._late_cluster(known_at)
+        if cluster:
+            replay_plans = [p for p in self.plans if not cluster.isdisjoint(p.ids)]
+            append_plans = [p for p in self.plans if cluster.isdisjoint(p.ids)]
+        else:
+            replay_plans, append_plans = [], self.plans
+        if append_plans:
+            self._append(append_plans, known_at)
+        if replay_plans:
+            self._replay(replay_plans, cluster)
+        self._write_common()
+
+    def _late_cluster(self, known_at: Mapping[str, Key]) -> set[str]:
+        seeds: set[str] = set()
+        for p in self.plans:
+            key = p.event.key
+            affected = [i for l in p.links for i in (l.source, l.target)]
+            if self._marks_known(p, known_at):
+                affected.append(p.user)  # type: ignore[arg-type]
+            if any((s := self.stored.get(i)) is not None and s.last > key for i in affected):
+                seeds.update(p.ids)
+        if not seeds:
+            return set()
+        cluster: set[str] = set()
+        pending = seeds
+        while pending:
+            cluster |= self.tx.cluster(pending)
+            # Batch events that touch the cluster join it, and bring their own clusters.
+            pending = {i for p in self.plans if not cluster.isdisjoint(p.ids) for i in p.ids} - cluster
+        return cluster
+
+    def _append(self, plans: list[Plan], known_at: dict[str, Key]) -> None:
+        """Apply in event order on top of the stored profiles; relabel the smaller side."""
+        resolver = Resolver(self.rules)
+        ids = {i for p in plans for i in p.ids}
+        members: dict[int, list[str]] = {}
+        for i in ids:
+            s = self.stored.get(i)
+            if s is not None:
+                members.setdefault(s.profile_id, []).append(i)
+        for group in members.values():
+            s = self.stored[group[0]]
+            resolver.seed(group, ProfileState(s.canonical, s.size, s.profile_known, s.last))
+        for i in ids:
+            resolver.add(i)
+        known_changes: dict[str, Key] = {}
+        for p in plans:
+            if self._marks_known(p, known_at):
+                known_at[p.user] = known_changes[p.user] = p.event.key  # type: ignore[index]
+                resolver.mark_known(p.user, p.event.key)  # type: ignore[arg-type]
+            for link in p.links:
+                self.outcomes[(link.message_id, link.seq)] = resolver.apply(link)
+
+        moves: list[tuple[int, int]] = []
+        dropped: list[int] = []
+        new_profiles: list[dict[str, Any]] = []
+        changed_profiles: list[dict[str, Any]] = []
+        for root, group in resolver.groups().items():
+            state = resolver.state(root)
+            origins = {self.stored[i].profile_id: self.stored[i] for i in group if i in self.stored}
+            if origins:
+                # Union by size: the largest stored profile keeps its number; the others'
+                # IDs are relabelled, so each ID moves only into a profile at least twice
+                # its old one's size.
+                survivor = max(origins, key=lambda pid: (origins[pid].size, -pid))
+                for pid in origins:
+                    if pid != survivor:
+                        moves.append((pid, survivor))
+                        dropped.append(pid)
+                old = origins[survivor]
+                if (state.canonical, state.size, state.known, state.last) != (
+                    old.canonical, old.size, old.profile_known, old.last
+                ):
+                    changed_profiles.append(_profile_row(survivor, state))
+            else:
+                survivor = self.tx.new_profile_id()
+                new_profiles.append(_profile_row(survivor, state))
+            for i in group:
+                if i not in self.stored:
+                    self._insert_id(i, survivor, known_changes.get(i))
+        for i, key in known_changes.items():
+            if i in self.stored:
+                self._update_id(i, known_time=key[0], known_msg=key[1])
+        self.tx.relabel(moves)
+        self.tx.delete_profiles(dropped)
+        self.tx.update_profiles(changed_profiles)
+        self.tx.insert_profiles(new_profiles)
+
+    def _replay(self, plans: list[Plan], cluster: set[str]) -> None:
+        """Rebuild the cluster from its stored links plus the batch's, in event-time order."""
+        self.replayed_messages.update(p.event.message_id for p in plans)
+        missing = [i for i in cluster if i not in self.stored]
+        self.stored.update(self.tx.load_ids(missing))
+        stored_links = self.tx.links_touching(i for i in cluster if i in self.stored)
+        known_at = {i: self.stored[i].known for i in cluster if i in self.stored and self.stored[i].known}
+        known_changes: dict[str, Key] = {}
+        for p in plans:
+            if self._marks_known(p, known_at):
+                known_at[p.user] = known_changes[p.user] = p.event.key  # type: ignore[index]
+        batch_links = [l for p in plans for l in p.links]
+        links = [Link(s.source, s.target, s.kind, s.message_id, s.time, s.seq) for s in stored_links]  # type: ignore[arg-type]
+        resolver, outcomes = replay(self.rules, sorted(cluster), known_at, links + batch_links)
+
+        self.tx.update_link_outcomes([
+            (o, r, s.link_id) for s, (o, r) in zip(stored_links, outcomes) if (s.outcome, s.reason) != (o, r)
+        ])
+        for link, outcome in zip(batch_links, outcomes[len(links):]):
+            self.outcomes[(link.message_id, link.seq)] = outcome
+
+        # Give each rebuilt profile the stored number most of its IDs already carry, so
+        # only the IDs that really moved are rewritten.
+        old_pids = {self.stored[i].profile_id for i in cluster if i in self.stored}
+        groups = sorted(resolver.groups().items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
+        taken: set[int] = set()
+        rows = []
+        for root, group in groups:
+            votes = Counter(self.stored[i].profile_id for i in group if i in self.stored)
+            pid = next((p for p, _ in votes.most_common() if p not in taken), None)
+            if pid is None:
+                pid = self.tx.new_profile_id()
+            taken.add(pid)
+            rows.append(_profile_row(pid, resolver.state(root)))
+            for i in group:
+                s = self.stored.get(i)
+                if s is None:
+                    self._insert_id(i, pid, known_changes.get(i))
+                elif s.profile_id != pid:
+                    self._update_id(i, profile_id=pid)
+        for i, key in known_changes.items():
+            if i in self.stored:
+                self._update_id(i, known_time=key[0], known_msg=key[1])
+        self.tx.delete_profiles(sorted(old_pids))
+        self.tx.insert_profiles(rows)
+
+    def _insert_id(self, id_: str, pid: int, known: Key | None) -> None:
+        self.id_inserts.append((
+            id_, pid, known[0] if known else None, known[1] if known else None, self.first_time[id_]
+        ))
+
+    def _update_id(self, id_: str, **fields: Any) -> None:
+        self.id_updates.setdefault(id_, {}).update(fields)
+
+    def _write_common(self) -> None:
+        tx = self.tx
+        for i, s in self.stored.items():
+            first = self.first_time.get(i)
+            if first is not None and first < s.first_time:
+                self._update_id(i, first_time=first)
+        tx.insert_ids(self.id_inserts)
+        # Group updates by the set of fields they change: one executemany per shape.
+        by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for i, fields in self.id_updates.items():
+            shape = tuple(sorted(fields))
+            by_shape.setdefault(shape, []).append((*(fields[f] for f in shape), i))
+        for shape, rows in by_shape.items():
+            tx.set_id_fields(shape, rows)
+        tx.insert_links([
+            (l.source, l.target, l.kind, l.message_id, p.event.type, l.time, l.seq,
+             *self.outcomes[(l.message_id, l.seq)])
+            for p in self.plans for l in p.links
+        ])
+        tx.insert_events([(p.event.message_id, p.event.time, p.event.type) for p in self.plans])
+
+
+def _profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
+    """(profile_id, canonical, size, known, last_time, last_msg) as the store takes it."""
+    untouched = state.last == NO_KEY
+    return (
+        pid, state.canonical, state.size, state.known,
+        None if untouched else state.last[0], None if untouched else state.last[1],
+    )

@@ -1,0 +1,95 @@
+"""The values the library returns: profiles, per-event results and batch summaries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .rules import MERGED, TOGETHER, Outcome
+
+Status = Literal["applied", "duplicate", "blocked"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One person: the canonical ID and every ID of the profile.
+
+    >>> p = Profile("507f191e81", frozenset({"507f191e81", "jen@email.com"}))
+    >>> p.canonical, sorted(p.ids)
+    ('507f191e81', ['507f191e81', 'jen@email.com'])
+    """
+
+    canonical: str
+    ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """The outcome of one link an event asserted (``reason`` is set when refused)."""
+
+    source: str
+    target: str
+    kind: str
+    outcome: Outcome
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingesting one event did.
+
+    ``status`` is ``applied``, ``duplicate`` (messageId seen before: nothing changed) or
+    ``blocked`` (its only IDs are blocked values: nothing changed). ``replayed`` says the
+    event was late and its cluster was rebuilt in event-time order.
+    """
+
+    message_id: str
+    status: Status
+    links: tuple[LinkResult, ...] = ()
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class InvalidInput:
+    """An event ``ingest_many`` skipped: its position in the input (0-based) and why."""
+
+    position: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"event {self.position}: {self.field}: {self.reason}"
+
+
+@dataclass
+class IngestSummary:
+    """Counts of one :meth:`IdentityGraph.ingest_many` call."""
+
+    events: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    blocked: int = 0
+    links_merged: int = 0
+    links_together: int = 0
+    links_refused: Counter = field(default_factory=Counter)
+    replayed_events: int = 0
+    errors: list[InvalidInput] = field(default_factory=list)
+
+    def add(self, result: IngestResult) -> None:
+        self.events += 1
+        if result.status == "applied":
+            self.applied += 1
+        elif result.status == "duplicate":
+            self.duplicates += 1
+        else:
+            self.blocked += 1
+        self.replayed_events += result.replayed
+        for link in result.links:
+            if link.outcome == MERGED:
+                self.links_merged += 1
+            elif link.outcome == TOGETHER:
+                self.links_together += 1
+            else:
+                self.links_refused[link.reason] += 1
