@@ -10,7 +10,7 @@
 from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch
 from .events import Event, parse_event
 from .graph import IdentityGraph
-from .results import IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
+from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
 from .rules import MergeRules
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DatabaseUnavailable",
     "Event",
+    "GraphStats",
     "IdentityGraph",
     "IdentityGraphError",
     "IngestResult",

@@ -59,9 +59,15 @@ def plan_event(event: Event, rules: MergeRules) -> Plan | None:
     return Plan(event, ids, user, tuple(links))
 
 
-def apply_plans(tx: WriteTx, rules: MergeRules, plans: list[Plan]) -> list[IngestResult]:
-    """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order."""
+def apply_plans(
+    tx: WriteTx, rules: MergeRules, plans: list[Plan], duplicates_seen: int = 0
+) -> list[IngestResult]:
+    """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order.
+
+    ``duplicates_seen``: duplicates the caller already dropped, added to the graph's count.
+    """
     existing = tx.existing_message_ids([p.event.message_id for p in plans])
+    tx.add_to_counter("duplicates", duplicates_seen + len(existing))
     fresh = sorted((p for p in plans if p.event.message_id not in existing), key=lambda p: p.event.key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()

@@ -124,6 +124,137 @@ def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
         click.echo(f"{member} *" if member == profile.canonical else member)
 
 
+def _describe(graph: Any, result: Any) -> list[str]:
+    from .rules import REASONS
+
+    if result.status != "applied":
+        return [f"{result.status}: nothing changed"]
+    lines = []
+    for link in result.links:
+        head = f"{link.source} -> {link.target}"
+        if link.outcome == "merged":
+            lines.append(f"{head}: merged into {graph.resolve(link.target)}")
+        elif link.outcome == "together":
+            lines.append(f"{head}: already together in {graph.resolve(link.target)}")
+        else:
+            lines.append(f"{head}: refused, {REASONS.get(link.reason, link.reason)} ({link.reason})")
+    return lines or ["applied: no link (blocked or identical IDs)"]
+
+
+def _ingest_one(ctx: click.Context, call: str, *args: str) -> None:
+    graph = _open(ctx)
+    try:
+        result = getattr(graph, call)(*args)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in _describe(graph, result):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("previous_id")
+@click.argument("user_id")
+@click.pass_context
+def alias(ctx: click.Context, previous_id: str, user_id: str) -> None:
+    """Merge PREVIOUS_ID into USER_ID with an alias event timestamped now.
+
+    \b
+    Example:
+        identity-graph alias jen@email.com 507f191e81
+    """
+    _ingest_one(ctx, "alias", previous_id, user_id)
+
+
+@cli.command()
+@click.argument("user_id")
+@click.argument("anonymous_id")
+@click.pass_context
+def identify(ctx: click.Context, user_id: str, anonymous_id: str) -> None:
+    """Link ANONYMOUS_ID to USER_ID with an identify event timestamped now.
+
+    \b
+    Example:
+        identity-graph identify 507f191e81 anon-phone-19c2
+    """
+    _ingest_one(ctx, "identify", user_id, anonymous_id)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="CSV (header id,canonical; RFC 4180 quoting) or JSON lines.")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8", lazy=True), default="-",
+              help="Write to FILE instead of stdout.")
+@click.pass_context
+def export(ctx: click.Context, fmt: str, output: IO[str]) -> None:
+    """Stream the whole ID -> canonical map, sorted by ID, for warehouse joins.
+
+    \b
+    Example:
+        identity-graph export --format csv --output id_map.csv
+    """
+    graph = _open(ctx)
+    rows = graph.identities()
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(output, lineterminator="\r\n")  # RFC 4180 line ends
+        writer.writerow(("id", "canonical"))
+        writer.writerows(rows)
+    else:
+        import json
+
+        for id_, canonical in rows:
+            output.write(json.dumps({"id": id_, "canonical": canonical}, ensure_ascii=False) + "\n")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Counts: IDs, known IDs, profiles, size histogram, largest profiles, links by outcome.
+
+    \b
+    Example:
+        identity-graph stats --json
+    """
+    graph = _open(ctx)
+    s = graph.stats()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(s.to_dict(), ensure_ascii=False, indent=2))
+        return
+    refused = sum(s.links_refused.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.links_refused.items()))
+    click.echo(f"IDs:          {s.ids} ({s.known_ids} known)")
+    click.echo(f"profiles:     {s.profiles}")
+    click.echo(f"events:       {s.events} (duplicates seen: {s.duplicates})")
+    click.echo(f"newest event: {s.newest_event.isoformat() if s.newest_event else '-'}")
+    click.echo(f"links:        {s.links_merged} merged, {s.links_together} together, {refused} refused"
+               + (f" ({reasons})" if reasons else ""))
+    click.echo("profile sizes:")
+    for label, count in s.size_histogram:
+        click.echo(f"  {label:>9}  {count}")
+    click.echo("largest profiles:")
+    for canonical, size in s.largest_profiles:
+        click.echo(f"  {size:>9}  {canonical}")
+
+
+@cli.command()
+@click.pass_context
+def rules(ctx: click.Context) -> None:
+    """Show the merge rules this graph was built with.
+
+    \b
+    Example:
+        identity-graph --db sqlite:///my.db rules
+    """
+    r = _open(ctx).rules
+    click.echo(f"max_profile_ids:   {r.max_profile_ids}")
+    click.echo(f"protect_known_ids: {str(r.protect_known_ids).lower()}")
+    click.echo("blocked_values:    " + ", ".join(repr(v) for v in sorted(r.blocked_values)) + ", and blank strings")
+
+
 def main() -> None:
     cli(prog_name="identity-graph")
 

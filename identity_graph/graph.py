@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .batch import Plan, apply_plans, plan_event
 from .errors import InvalidEvent, RulesMismatch
-from .events import Event, parse_event
-from .results import IngestResult, IngestSummary, InvalidInput, Profile
+from .events import Event, parse_event, time_to_datetime
+from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
 from .rules import MergeRules
 from .store import Store
 
@@ -148,8 +148,9 @@ class IdentityGraph:
             else:
                 plans.append(plan)
                 plan_slots.append(slot)
+        in_batch_duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
         if plans:
-            applied = self._store.run_write(lambda tx: apply_plans(tx, self.rules, plans))
+            applied = self._store.run_write(lambda tx: apply_plans(tx, self.rules, plans, in_batch_duplicates))
             for slot, result in zip(plan_slots, applied):
                 results[slot] = result
         return results  # type: ignore[return-value]
@@ -201,6 +202,33 @@ class IdentityGraph:
         """
         found = self._store.lookup(id_)
         return None if found is None else Profile(found[0], frozenset(found[1]))
+
+    def stats(self) -> GraphStats:
+        """Counts over the whole graph: IDs, profiles, size histogram, largest profiles, links.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
+        ...     s = g.stats()
+        >>> s.ids, s.known_ids, s.profiles, s.links_merged
+        (2, 1, 1, 1)
+        """
+        raw = self._store.stats()
+        refused: dict[str, int] = {}
+        merged = together = 0
+        for outcome, reason, count in raw["links"]:
+            if outcome == "merged":
+                merged += count
+            elif outcome == "together":
+                together += count
+            else:
+                refused[reason] = refused.get(reason, 0) + count
+        newest = raw["newest_event_time"]
+        return GraphStats(
+            ids=raw["ids"], known_ids=raw["known_ids"], profiles=raw["profiles"], events=raw["events"],
+            duplicates=raw["duplicates"], newest_event=None if newest is None else time_to_datetime(newest),
+            size_histogram=tuple(raw["size_histogram"]), largest_profiles=tuple(raw["largest_profiles"]),
+            links_merged=merged, links_together=together, links_refused=refused,
+        )
 
     def identities(self) -> Iterator[tuple[str, str]]:
         """Every (id, canonical) pair, sorted by ID (code points), streamed from the database.

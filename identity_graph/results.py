@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from .rules import MERGED, TOGETHER, Outcome
@@ -93,3 +94,34 @@ class IngestSummary:
                 self.links_together += 1
             else:
                 self.links_refused[link.reason] += 1
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    """Counts over a whole graph, as :meth:`IdentityGraph.stats` returns them."""
+
+    ids: int
+    known_ids: int
+    profiles: int
+    events: int
+    duplicates: int
+    newest_event: datetime | None
+    size_histogram: tuple[tuple[str, int], ...]
+    largest_profiles: tuple[tuple[str, int], ...]
+    links_merged: int
+    links_together: int
+    links_refused: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form (times as ISO-8601 strings)."""
+        return {
+            "ids": self.ids,
+            "known_ids": self.known_ids,
+            "profiles": self.profiles,
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "newest_event": self.newest_event.isoformat() if self.newest_event else None,
+            "size_histogram": dict(self.size_histogram),
+            "largest_profiles": [{"canonical": c, "size": n} for c, n in self.largest_profiles],
+            "links": {"merged": self.links_merged, "together": self.links_together, "refused": self.links_refused},
+        }

@@ -111,11 +111,22 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class CounterRow(Base):
+    __tablename__ = "ig_counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+#: Size buckets of the profile-size histogram: (label, smallest, largest).
+SIZE_BUCKETS = [("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100),
+                ("101-1000", 101, 1000), (">1000", 1001, None)]
+
 ids_t = IdRow.__table__
 profiles_t = ProfileRow.__table__
 links_t = LinkRow.__table__
 events_t = EventRow.__table__
 meta_t = MetaRow.__table__
+counters_t = CounterRow.__table__
 
 
 class StoredId(NamedTuple):
@@ -236,6 +247,8 @@ class Store:
             ]
             if rows:
                 conn.execute(insert(meta_t), rows)
+            if conn.execute(select(func.count()).select_from(counters_t)).scalar() == 0:
+                conn.execute(insert(counters_t), [{"name": "duplicates", "value": 0}])
 
         self._run(create, write=True, lock=False)
 
@@ -348,6 +361,34 @@ class Store:
     def all_links(self) -> list[StoredLink]:
         with self._connect(False) as conn:
             return [StoredLink(*row) for row in conn.execute(_select_links().order_by(links_t.c.link_id))]
+
+    def stats(self, largest: int = 10) -> dict[str, Any]:
+        """Counts over the whole graph (a handful of aggregate queries)."""
+        i, p, lk, e = ids_t.c, profiles_t.c, links_t.c, events_t.c
+        with self._connect(False) as conn:
+            one = conn.execute
+            out: dict[str, Any] = {
+                "ids": one(select(func.count()).select_from(ids_t)).scalar_one(),
+                "known_ids": one(select(func.count()).where(i.known_time.is_not(None))).scalar_one(),
+                "profiles": one(select(func.count()).select_from(profiles_t)).scalar_one(),
+                "events": one(select(func.count()).select_from(events_t)).scalar_one(),
+                "newest_event_time": one(select(func.max(e.time))).scalar(),
+                "duplicates": one(select(counters_t.c.value).where(counters_t.c.name == "duplicates")).scalar() or 0,
+            }
+            sizes = []
+            for label, low, high in SIZE_BUCKETS:
+                cond = p.size >= low if high is None else p.size.between(low, high)
+                sizes.append((label, one(select(func.count()).where(cond)).scalar_one()))
+            out["size_histogram"] = sizes
+            out["largest_profiles"] = [
+                (r[0], r[1]) for r in one(select(p.canonical, p.size).order_by(p.size.desc(), p.canonical).limit(largest))
+            ]
+            out["links"] = [
+                (r[0], r[1], r[2])
+                for r in one(select(lk.outcome, lk.reason, func.count()).group_by(lk.outcome, lk.reason)
+                             .order_by(lk.outcome, lk.reason))
+            ]
+        return out
 
     def count(self, table: str) -> int:
         t = Base.metadata.tables[table]
@@ -509,6 +550,10 @@ class WriteTx:
             " WHERE profile_id = ?",
             [(*r[1:], r[0]) for r in rows],
         )
+
+    def add_to_counter(self, name: str, amount: int) -> None:
+        if amount:
+            self.cur.execute(self.sql("UPDATE ig_counters SET value = value + ? WHERE name = ?"), (amount, name))
 
     def update_link_outcomes(self, rows: list[tuple[str, str | None, int]]) -> None:
         """rows: (outcome, reason, link_id)."""
