@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, LinkResult
 from .rules import MergeRules, Outcome
+from .cache import StateCache
 from .store import StoredId, WriteTx
 
 
@@ -60,25 +61,27 @@ def plan_event(event: Event, rules: MergeRules) -> Plan | None:
 
 
 def apply_plans(
-    tx: WriteTx, rules: MergeRules, plans: list[Plan], duplicates_seen: int = 0
+    tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan], duplicates_seen: int = 0
 ) -> list[IngestResult]:
     """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order.
 
     ``duplicates_seen``: duplicates the caller already dropped, added to the graph's count.
     """
-    existing = tx.existing_message_ids([p.event.message_id for p in plans])
-    tx.add_to_counter("duplicates", duplicates_seen + len(existing))
-    fresh = sorted((p for p in plans if p.event.message_id not in existing), key=lambda p: p.event.key)
+    cache.begin(tx)
+    fresh_ids = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type) for p in plans])
+    tx.add_to_counter("duplicates", duplicates_seen + len(plans) - len(fresh_ids))
+    fresh = sorted((p for p in plans if p.event.message_id in fresh_ids), key=lambda p: p.event.key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
     if fresh:
-        writer = _BatchWriter(tx, rules, fresh)
+        writer = _BatchWriter(tx, rules, cache, fresh)
         writer.run()
         outcomes, replayed = writer.outcomes, writer.replayed_messages
+    cache.commit(tx)
     results = []
     for p in plans:
         mid = p.event.message_id
-        if mid in existing:
+        if mid not in fresh_ids:
             results.append(IngestResult(mid, "duplicate"))
             continue
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
@@ -87,23 +90,42 @@ def apply_plans(
 
 
 class _BatchWriter:
-    """Applies one batch of fresh, time-sorted plans inside a write transaction."""
+    """Applies one batch of fresh, time-sorted plans inside a write transaction.
 
-    def __init__(self, tx: WriteTx, rules: MergeRules, plans: list[Plan]) -> None:
+    Every write goes to the transaction and, mirrored, to the process's cache.
+    """
+
+    def __init__(self, tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan]) -> None:
         self.tx = tx
         self.rules = rules
+        self.cache = cache
         self.plans = plans
         self.outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
         self.replayed_messages: set[str] = set()
-        touched = {i for p in plans for i in p.ids}
-        self.stored: dict[str, StoredId] = tx.load_ids(touched)
         self.first_time: dict[str, int] = {}
         for p in plans:
             for i in p.ids:
                 if i not in self.first_time:  # plans are time-sorted: the first is the earliest
                     self.first_time[i] = p.event.time
-        self.id_inserts: list[dict[str, Any]] = []
+        self.stored: dict[str, StoredId] = {}
+        self._load(self.first_time)
+        self.id_inserts: list[tuple[Any, ...]] = []
         self.id_updates: dict[str, dict[str, Any]] = {}
+
+    def _load(self, ids: Iterable[str]) -> None:
+        """Fill ``stored`` for ``ids``: from the cache, else from the database."""
+        misses = []
+        get = self.cache.get
+        for i in ids:
+            row = get(i)
+            if row is not None:
+                self.stored[i] = row
+            elif not self.cache.complete:
+                misses.append(i)
+        if misses:
+            for i, row in self.tx.load_ids(misses).items():
+                self.stored[i] = row
+                self.cache.put(row)
 
     # A user ID's known-mark matters only when it is the earliest event carrying it.
     def _marks_known(self, plan: Plan, known_at: Mapping[str, Key]) -> bool:
@@ -168,9 +190,8 @@ class _BatchWriter:
                 self.outcomes[(link.message_id, link.seq)] = resolver.apply(link)
 
         moves: list[tuple[int, int]] = []
-        dropped: list[int] = []
-        new_profiles: list[dict[str, Any]] = []
-        changed_profiles: list[dict[str, Any]] = []
+        new_profiles: list[tuple[Any, ...]] = []
+        changed_profiles: list[tuple[Any, ...]] = []
         for root, group in resolver.groups().items():
             state = resolver.state(root)
             origins = {self.stored[i].profile_id: self.stored[i] for i in group if i in self.stored}
@@ -179,10 +200,7 @@ class _BatchWriter:
                 # IDs are relabelled, so each ID moves only into a profile at least twice
                 # its old one's size.
                 survivor = max(origins, key=lambda pid: (origins[pid].size, -pid))
-                for pid in origins:
-                    if pid != survivor:
-                        moves.append((pid, survivor))
-                        dropped.append(pid)
+                moves.extend((pid, survivor) for pid in origins if pid != survivor)
                 old = origins[survivor]
                 if (state.canonical, state.size, state.known, state.last) != (
                     old.canonical, old.size, old.profile_known, old.last
@@ -191,22 +209,24 @@ class _BatchWriter:
             else:
                 survivor = self.tx.new_profile_id()
                 new_profiles.append(_profile_row(survivor, state))
+            self.cache.put_profile(survivor, state.canonical, state.size, state.known, state.last)
             for i in group:
                 if i not in self.stored:
                     self._insert_id(i, survivor, known_changes.get(i))
         for i, key in known_changes.items():
             if i in self.stored:
-                self._update_id(i, known_time=key[0], known_msg=key[1])
+                self._update_id(i, known=key)
         self.tx.relabel(moves)
-        self.tx.delete_profiles(dropped)
+        self.tx.delete_profiles([old for old, _ in moves])
+        for old, new in moves:
+            self.cache.move(old, new)
         self.tx.update_profiles(changed_profiles)
         self.tx.insert_profiles(new_profiles)
 
     def _replay(self, plans: list[Plan], cluster: set[str]) -> None:
         """Rebuild the cluster from its stored links plus the batch's, in event-time order."""
         self.replayed_messages.update(p.event.message_id for p in plans)
-        missing = [i for i in cluster if i not in self.stored]
-        self.stored.update(self.tx.load_ids(missing))
+        self._load(i for i in cluster if i not in self.stored)
         stored_links = self.tx.links_touching(i for i in cluster if i in self.stored)
         known_at = {i: self.stored[i].known for i in cluster if i in self.stored and self.stored[i].known}
         known_changes: dict[str, Key] = {}
@@ -235,7 +255,8 @@ class _BatchWriter:
             if pid is None:
                 pid = self.tx.new_profile_id()
             taken.add(pid)
-            rows.append(_profile_row(pid, resolver.state(root)))
+            state = resolver.state(root)
+            rows.append(_profile_row(pid, state))
             for i in group:
                 s = self.stored.get(i)
                 if s is None:
@@ -244,17 +265,22 @@ class _BatchWriter:
                     self._update_id(i, profile_id=pid)
         for i, key in known_changes.items():
             if i in self.stored:
-                self._update_id(i, known_time=key[0], known_msg=key[1])
+                self._update_id(i, known=key)
         self.tx.delete_profiles(sorted(old_pids))
         self.tx.insert_profiles(rows)
+        for pid in old_pids:
+            self.cache.drop_profile(pid)
+        for row in rows:
+            self.cache.put_profile(row[0], row[1], row[2], row[3], _row_last(row))
 
     def _insert_id(self, id_: str, pid: int, known: Key | None) -> None:
-        self.id_inserts.append((
-            id_, pid, known[0] if known else None, known[1] if known else None, self.first_time[id_]
-        ))
+        first = self.first_time[id_]
+        self.id_inserts.append((id_, pid, known[0] if known else None, known[1] if known else None, first))
+        self.cache.put_id(id_, pid, known, first)
 
     def _update_id(self, id_: str, **fields: Any) -> None:
         self.id_updates.setdefault(id_, {}).update(fields)
+        self.cache.set_id(id_, **fields)
 
     def _write_common(self) -> None:
         tx = self.tx
@@ -267,15 +293,18 @@ class _BatchWriter:
         by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for i, fields in self.id_updates.items():
             shape = tuple(sorted(fields))
-            by_shape.setdefault(shape, []).append((*(fields[f] for f in shape), i))
+            values: list[Any] = []
+            for f in shape:
+                values.extend(fields[f] if f == "known" else (fields[f],))
+            by_shape.setdefault(shape, []).append((*values, i))
         for shape, rows in by_shape.items():
-            tx.set_id_fields(shape, rows)
+            columns = tuple(c for f in shape for c in (("known_time", "known_msg") if f == "known" else (f,)))
+            tx.set_id_fields(columns, rows)
         tx.insert_links([
             (l.source, l.target, l.kind, l.message_id, p.event.type, l.time, l.seq,
              *self.outcomes[(l.message_id, l.seq)])
             for p in self.plans for l in p.links
         ])
-        tx.insert_events([(p.event.message_id, p.event.time, p.event.type) for p in self.plans])
 
 
 def _profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
@@ -285,3 +314,7 @@ def _profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
         pid, state.canonical, state.size, state.known,
         None if untouched else state.last[0], None if untouched else state.last[1],
     )
+
+
+def _row_last(row: tuple[Any, ...]) -> Key:
+    return NO_KEY if row[4] is None else (row[4], row[5])

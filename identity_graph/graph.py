@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .batch import Plan, apply_plans, plan_event
+from .cache import StateCache
 from .errors import InvalidEvent, RulesMismatch
 from .events import Event, parse_event, time_to_datetime
 from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
@@ -23,7 +24,9 @@ class IdentityGraph:
     ``url``: a SQLAlchemy URL; default ``$IDENTITY_GRAPH_DB``, else the SQLite file
     ``./identity-graph.db``. ``rules``: the merge rules for a new graph; an existing graph
     keeps the rules it was built with, and opening it with different ones raises
-    :class:`RulesMismatch`.
+    :class:`RulesMismatch`. ``cache_ids``: how many ID rows this process may keep in memory
+    between writes (0: none); the cache is dropped whenever another writer intervenes.
+    An ``IdentityGraph`` is not thread-safe: use one per thread or process.
 
     >>> with IdentityGraph("sqlite://") as g:
     ...     _ = g.identify(user_id="jen@email.com")
@@ -34,8 +37,12 @@ class IdentityGraph:
     'merged'
     """
 
-    def __init__(self, url: str | None = None, *, rules: MergeRules | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, rules: MergeRules | None = None, cache_ids: int = 2_000_000
+    ) -> None:
         self._store = Store(url)
+        # Rows this process has read or written, reused while no other writer intervenes.
+        self._cache = StateCache(cache_ids)
         try:
             self.rules = self._load_rules(rules)
         except BaseException:
@@ -84,7 +91,7 @@ class IdentityGraph:
         plan = plan_event(parsed, self.rules)
         if plan is None:
             return IngestResult(parsed.message_id, "blocked")
-        return self._store.run_write(lambda tx: apply_plans(tx, self.rules, [plan]))[0]
+        return self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, [plan]))[0]
 
     def ingest_many(
         self,
@@ -150,7 +157,7 @@ class IdentityGraph:
                 plan_slots.append(slot)
         in_batch_duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
         if plans:
-            applied = self._store.run_write(lambda tx: apply_plans(tx, self.rules, plans, in_batch_duplicates))
+            applied = self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, plans, in_batch_duplicates))
             for slot, result in zip(plan_slots, applied):
                 results[slot] = result
         return results  # type: ignore[return-value]

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import uuid
 import time as _time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
@@ -242,15 +243,16 @@ class Store:
             existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
             rows = [
                 {"key": k, "value": v}
-                for k, v in (("schema_version", SCHEMA_VERSION), ("lock", "writers lock on this row"))
+                for k, v in (("schema_version", SCHEMA_VERSION), ("lock", "0"))
                 if k not in existing
             ]
             if rows:
                 conn.execute(insert(meta_t), rows)
             if conn.execute(select(func.count()).select_from(counters_t)).scalar() == 0:
-                conn.execute(insert(counters_t), [{"name": "duplicates", "value": 0}])
+                conn.execute(insert(counters_t), [{"name": "duplicates", "value": 0},
+                                                  {"name": "next_profile_id", "value": 1}])
 
-        self._run(create, write=True, lock=False)
+        self._run(create, write=True)
 
     @contextmanager
     def _connect(self, write: bool) -> Iterator[Connection]:
@@ -265,17 +267,13 @@ class Store:
         finally:
             conn.close()
 
-    def _run(self, fn: Callable[[Connection], _T], *, write: bool, lock: bool = True) -> _T:
+    def _run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
         """Run ``fn`` in one transaction; retry it whole when the database says "try again"."""
         delay = 0.01
         for attempt in range(50):
             with self._connect(write) as conn:
                 try:
                     with conn.begin():
-                        if write and lock and self.dialect == "postgresql":
-                            conn.execute(
-                                select(meta_t.c.value).where(meta_t.c.key == "lock").with_for_update()
-                            )
                         return fn(conn)
                 except OperationalError as exc:
                     if not self._transient(exc) or attempt == 49:
@@ -293,8 +291,22 @@ class Store:
         return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
 
     def run_write(self, fn: Callable[["WriteTx"], _T]) -> _T:
-        """Run ``fn(tx)`` holding the graph's writer lock, in one transaction, with retries."""
-        return self._run(lambda conn: fn(WriteTx(conn, self.dialect)), write=True)
+        """Run ``fn(tx)`` holding the graph's writer lock, in one transaction, with retries.
+
+        The lock row also carries the graph's *generation*: a fresh random token written
+        by every write transaction. ``tx.generation`` is the token found, and
+        ``tx.next_generation`` the one this transaction leaves; a process whose cached
+        view was made at a token still current knows nobody else has written since.
+        """
+
+        def locked(conn: Connection) -> _T:
+            tx = WriteTx(conn, self.dialect)
+            tx.begin()
+            result = fn(tx)
+            tx.finish()
+            return result
+
+        return self._run(locked, write=True)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -308,14 +320,15 @@ class Store:
     def write_meta_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless a value is there; return the stored value."""
 
-        def go(conn: Connection) -> str:
-            current = conn.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
-            if current is None:
-                conn.execute(insert(meta_t).values(key=key, value=value))
+        def go(tx: WriteTx) -> str:
+            tx.cur.execute(tx.sql("SELECT value FROM ig_meta WHERE key = ?"), (key,))
+            row = tx.cur.fetchone()
+            if row is None:
+                tx.cur.execute(tx.sql("INSERT INTO ig_meta (key, value) VALUES (?, ?)"), (key, value))
                 return value
-            return current
+            return row[0]
 
-        return self._run(go, write=True)
+        return self.run_write(go)
 
     def read_json_meta(self, key: str) -> Any:
         value = self.read_meta(key)
@@ -489,13 +502,61 @@ class WriteTx:
         """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links)."""
         return [StoredLink(*r) for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", "source", ids)]
 
+    def begin(self) -> None:
+        """Take the writer lock (PostgreSQL; SQLite's is BEGIN IMMEDIATE) and read the generation."""
+        lock = "SELECT value FROM ig_meta WHERE key = 'lock'" + (" FOR UPDATE" if self.sql.pg else "")
+        self.cur.execute(lock)
+        self.generation: str = self.cur.fetchone()[0]
+        self.next_generation = uuid.uuid4().hex
+
+    def finish(self) -> None:
+        """Leave a new generation and the profile-number sequence; same transaction."""
+        self.cur.execute(self.sql("UPDATE ig_meta SET value = ? WHERE key = 'lock'"), (self.next_generation,))
+        if self._next_profile_id is not None:
+            self.cur.execute(
+                self.sql("UPDATE ig_counters SET value = ? WHERE name = 'next_profile_id'"), (self._next_profile_id,)
+            )
+
+    def is_empty(self) -> bool:
+        self.cur.execute("SELECT 1 FROM ig_ids LIMIT 1")
+        return self.cur.fetchone() is None
+
     def new_profile_id(self) -> int:
+        """A profile number never used before in this graph (numbers are not reused, so a
+        cached "profile A moved into B" can never point at a different, later profile A)."""
         if self._next_profile_id is None:
-            self.cur.execute("SELECT max(profile_id) FROM ig_profiles")
-            self._next_profile_id = (self.cur.fetchone()[0] or 0) + 1
+            self.cur.execute("SELECT value FROM ig_counters WHERE name = 'next_profile_id'")
+            self._next_profile_id = self.cur.fetchone()[0]
         pid = self._next_profile_id
         self._next_profile_id += 1
         return pid
+
+    def claim_message_ids(self, rows: list[tuple[str, int, str]]) -> set[str]:
+        """Register (message_id, time, type) rows; return the messageIds that were new.
+
+        One INSERT ... ON CONFLICT DO NOTHING RETURNING per chunk both checks and writes
+        the register (rule 9).
+        """
+        fresh: set[str] = set()
+        if self.sql.pg:
+            for chunk in _chunks(rows, 5000):
+                self.cur.execute(
+                    "INSERT INTO ig_events (message_id, time, type)"
+                    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])"
+                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    [list(col) for col in zip(*chunk)],
+                )
+                fresh.update(r[0] for r in self.cur.fetchall())
+        else:
+            for chunk in _chunks(rows, 2000):
+                values = ",".join(["(?,?,?)"] * len(chunk))
+                self.cur.execute(
+                    f"INSERT INTO ig_events (message_id, time, type) VALUES {values}"
+                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    [v for row in chunk for v in row],
+                )
+                fresh.update(r[0] for r in self.cur.fetchall())
+        return fresh
 
     # -- writes ------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import alias, identify
+from helpers import P, alias, identify, profiles
 from identity_graph import DatabaseUnavailable, IdentityGraph, MergeRules
 
 
@@ -93,3 +93,30 @@ def test_plain_postgresql_urls_use_psycopg3() -> None:
 
     assert _normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert _normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_another_writer_invalidates_the_process_cache(make_graph) -> None:
+    first, second = make_graph(), make_graph()
+    first.ingest(identify(1, "m1", user="u1", anon="d1"))     # first caches {d1, u1}
+    second.ingest(alias(2, "m2", "u1", "u2"))                 # second moves u1's profile
+    first.ingest(identify(3, "m3", user="u3", anon="d1"))     # must see u2's known profile
+    assert profiles(first) == {P("u2", "u1", "d1"), P("u3")}
+
+
+def test_a_failed_batch_leaves_no_trace_in_the_cache(graph: IdentityGraph, monkeypatch) -> None:
+    from identity_graph.store import WriteTx
+
+    graph.ingest(identify(1, "m1", user="u1", anon="d1"))
+    insert_links = WriteTx.insert_links
+
+    def fail(self, rows):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(WriteTx, "insert_links", fail)
+    with pytest.raises(RuntimeError):
+        graph.ingest(alias(2, "m2", "u1", "u2"))
+    monkeypatch.setattr(WriteTx, "insert_links", insert_links)
+    assert profiles(graph) == {P("u1", "d1")}
+    graph.ingest(identify(3, "m3", user="u3", anon="d1"))     # refused: d1's profile holds u1
+    graph.ingest(alias(2, "m2", "u1", "u2"))                  # late, now applied for real
+    assert profiles(graph) == {P("u2", "u1", "d1"), P("u3")}

@@ -1,0 +1,269 @@
+"""Where do events come from? Files, folders and stdin, read as a stream of JSON values.
+
+Formats are detected by content, not by name: gzip by its magic bytes; a JSON array by a
+leading ``[``; otherwise JSON lines, unless the first two lines are not JSON objects on
+their own, in which case the file is one pretty-printed JSON document. Any object with a
+``batch`` list is a Segment batch envelope: its top-level ``context`` and
+``integrations`` are merged into each event (the event's own keys win), as Segment's
+batch endpoint does. Pure reading: nothing here knows the rules.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
+
+import orjson
+
+from .errors import IdentityGraphError
+
+#: File names a folder is searched for (a file named on the command line is always read).
+EVENT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".txt", ".log")
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+_ENVELOPE_MERGED = ("context", "integrations")
+
+
+class SourceError(IdentityGraphError):
+    """A source cannot be read at all (missing path, unreadable file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where one event came from: ``source:line``, plus its index inside a batch envelope,
+    or (``line`` None) its index in a top-level JSON array.
+
+    >>> str(Location("events.jsonl", 17)), str(Location("b.json", 1, 3)), str(Location("a.json", None, 0))
+    ('events.jsonl:17', 'b.json:1: batch[3]', 'a.json: [0]')
+    """
+
+    source: str
+    line: int | None
+    item: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.source}: [{self.item}]"
+        return f"{self.source}:{self.line}" + ("" if self.item is None else f": batch[{self.item}]")
+
+
+class Item(NamedTuple):
+    """One value read: the decoded event, or an ``error`` saying why it could not be."""
+
+    location: Location
+    value: Any
+    error: str | None
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file to read (``path`` ``"-"`` is stdin) and its size in bytes, when known."""
+
+    path: str
+    size: int | None
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+
+def expand_sources(paths: Iterable[str | os.PathLike[str]]) -> list[Source]:
+    """Files named, and every event file below each folder named, in sorted order.
+
+    Raises :class:`SourceError` for a path that does not exist.
+    """
+    out: list[Source] = []
+    for raw in paths:
+        path = os.fspath(raw)
+        if path == "-":
+            out.append(Source("-", None))
+            continue
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and _is_event_file_name(f.name)
+            )
+            out.extend(Source(str(f), f.stat().st_size) for f in files)
+        elif p.exists():
+            out.append(Source(path, p.stat().st_size))
+        else:
+            raise SourceError(f"{path}: no such file or folder")
+    return out
+
+
+def _is_event_file_name(name: str) -> bool:
+    name = name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return name.endswith(EVENT_SUFFIXES)
+
+
+class _Counted(io.RawIOBase):
+    """Counts the bytes read from the underlying file (compressed bytes, for gzip)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_source(source: Source) -> tuple[IO[bytes], _Counted]:
+    """A binary stream of ``source``'s decompressed content and its byte counter."""
+    try:
+        raw: IO[bytes] = sys.stdin.buffer if source.path == "-" else open(source.path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise SourceError(f"{source.path}: cannot read ({exc.strerror})") from None
+    counted = _Counted(raw)
+    stream = io.BufferedReader(counted, buffer_size=1 << 20)
+    if stream.peek(2)[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=stream, mode="rb"), counted  # type: ignore[return-value]
+    return stream, counted
+
+
+def read_source(source: Source, on_bytes: Callable[[int], None] | None = None) -> Iterator[Item]:
+    """Every event value in ``source``, with its location; undecodable input as error items.
+
+    ``on_bytes(n)`` is called as input bytes are consumed (compressed bytes for gzip).
+    """
+    stream, counted = open_source(source)
+    try:
+        yield from _read_stream(source.path, stream, counted, on_bytes)
+    except OSError as exc:  # e.g. a truncated gzip file
+        raise SourceError(f"{source.path}: cannot read ({exc})") from None
+    finally:
+        if source.path != "-":
+            stream.close()
+
+
+def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Callable[[int], None] | None) -> Iterator[Item]:
+    head = _peek_first_bytes(stream)
+    if head.startswith(_BOM):
+        stream.read(len(_BOM))  # a UTF-8 byte order mark says nothing about the events
+        head = head[len(_BOM):]
+    first = head.lstrip()[:1]
+    if first == b"[":
+        yield from _read_array(name, stream)
+        return
+    reported = 0
+    lines = iter(stream)
+    pending: list[tuple[int, bytes]] = []
+    if first == b"{":
+        # A pretty-printed document starts with lines that are not JSON objects by themselves.
+        for number in (1, 2):
+            line = next(lines, None)
+            if line is None:
+                break
+            pending.append((number, line))
+        if pending and not _is_json_object_line(pending[0][1]) and (
+            len(pending) < 2 or not _is_json_object_line(pending[1][1])
+        ):
+            yield from _read_document(name, stream, b"".join(line for _, line in pending))
+            return
+    number = 0
+    for number, line in pending:
+        yield from _decode_line(name, number, line)
+    for number, line in enumerate(lines, number + 1):
+        yield from _decode_line(name, number, line)
+        if on_bytes is not None and number % 1024 == 0:
+            on_bytes(counted.count - reported)
+            reported = counted.count
+    if on_bytes is not None:
+        on_bytes(counted.count - reported)
+
+
+def _peek_first_bytes(stream: IO[bytes]) -> bytes:
+    peek = getattr(stream, "peek", None)
+    if peek is not None:
+        return peek(64)[:64]
+    return b""
+
+
+def _is_json_object_line(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
+    if not line.strip():
+        return
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        yield Item(Location(name, number), None, f"invalid JSON ({exc})", line.rstrip(b"\r\n"))
+        return
+    yield from _expand(Location(name, number), value, line.rstrip(b"\r\n"))
+
+
+def _read_array(name: str, stream: IO[bytes]) -> Iterator[Item]:
+    """A top-level JSON array, element by element: memory stays flat whatever its size."""
+    import ijson  # only arrays need an incremental parser
+
+    index = -1
+    try:
+        for index, element in enumerate(ijson.items(stream, "item", use_float=True)):
+            yield from _expand(Location(name, None, index), element, None)
+    except ijson.JSONError as exc:
+        yield Item(Location(name, None, index + 1), None, f"invalid JSON ({exc}); the rest of the file is skipped", b"")
+
+
+def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterator[Item]:
+    # One pretty-printed object (a Segment batch envelope is at most 500 KB): decoded
+    # whole, since its top-level context may come after its batch.
+    data = prefix + stream.read()
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        yield Item(Location(name, 1), None, f"invalid JSON ({exc})", data[:1000])
+        return
+    yield from _expand(Location(name, 1), value, None)
+
+
+def _expand(location: Location, value: Any, raw: bytes | None) -> Iterator[Item]:
+    """An event as it is, or the events of a Segment batch envelope."""
+    if isinstance(value, dict) and "batch" in value:
+        batch = value["batch"]
+        if not isinstance(batch, list):
+            yield Item(location, None, "batch: must be a list of events", raw or orjson.dumps(value))
+            return
+        shared = {k: value[k] for k in _ENVELOPE_MERGED if isinstance(value.get(k), dict)}
+        for index, event in enumerate(batch):
+            where = Location(location.source, location.line, index)
+            if isinstance(event, dict) and shared:
+                event = dict(event)
+                for key, outer in shared.items():
+                    inner = event.get(key)
+                    event[key] = {**outer, **inner} if isinstance(inner, dict) else (outer if inner is None else inner)
+            yield Item(where, event, None, b"")
+        return
+    yield Item(location, value, None, raw if raw is not None else b"")
+
+
+def raw_text(item: Item) -> bytes:
+    """The input text of an item, for the error report (re-encoded for envelope items)."""
+    if item.raw:
+        return item.raw
+    try:
+        return orjson.dumps(item.value)
+    except TypeError:
+        return repr(item.value).encode()
