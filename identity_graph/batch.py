@@ -16,7 +16,7 @@ Inside the store's writer lock (see :meth:`identity_graph.store.Store.run_write`
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .events import Event
@@ -60,13 +60,30 @@ def plan_event(event: Event, rules: MergeRules) -> Plan | None:
     return Plan(event, ids, user, tuple(links))
 
 
+@dataclass
+class BatchCounts:
+    """What a batch did beyond its per-event results: IDs created, profiles written."""
+
+    new_ids: int = 0
+    touched: set[int] = field(default_factory=set)
+    absorbed: set[int] = field(default_factory=set)
+
+
 def apply_plans(
-    tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan], duplicates_seen: int = 0
+    tx: WriteTx,
+    rules: MergeRules,
+    cache: StateCache,
+    plans: list[Plan],
+    duplicates_seen: int = 0,
+    counts: BatchCounts | None = None,
 ) -> list[IngestResult]:
     """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order.
 
     ``duplicates_seen``: duplicates the caller already dropped, added to the graph's count.
+    ``counts``, if given, is filled in (reset first: a retried transaction starts over).
     """
+    counts = counts if counts is not None else BatchCounts()
+    counts.new_ids, counts.touched, counts.absorbed = 0, set(), set()
     cache.begin(tx)
     fresh_ids = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type) for p in plans])
     tx.add_to_counter("duplicates", duplicates_seen + len(plans) - len(fresh_ids))
@@ -74,7 +91,7 @@ def apply_plans(
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
     if fresh:
-        writer = _BatchWriter(tx, rules, cache, fresh)
+        writer = _BatchWriter(tx, rules, cache, fresh, counts)
         writer.run()
         outcomes, replayed = writer.outcomes, writer.replayed_messages
     cache.commit(tx)
@@ -95,8 +112,11 @@ class _BatchWriter:
     Every write goes to the transaction and, mirrored, to the process's cache.
     """
 
-    def __init__(self, tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan]) -> None:
+    def __init__(
+        self, tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan], counts: BatchCounts
+    ) -> None:
         self.tx = tx
+        self.counts = counts
         self.rules = rules
         self.cache = cache
         self.plans = plans
@@ -210,6 +230,7 @@ class _BatchWriter:
                 survivor = self.tx.new_profile_id()
                 new_profiles.append(_profile_row(survivor, state))
             self.cache.put_profile(survivor, state.canonical, state.size, state.known, state.last)
+            self.counts.touched.add(survivor)
             for i in group:
                 if i not in self.stored:
                     self._insert_id(i, survivor, known_changes.get(i))
@@ -220,6 +241,7 @@ class _BatchWriter:
         self.tx.delete_profiles([old for old, _ in moves])
         for old, new in moves:
             self.cache.move(old, new)
+            self.counts.absorbed.add(old)
         self.tx.update_profiles(changed_profiles)
         self.tx.insert_profiles(new_profiles)
 
@@ -272,6 +294,8 @@ class _BatchWriter:
             self.cache.drop_profile(pid)
         for row in rows:
             self.cache.put_profile(row[0], row[1], row[2], row[3], _row_last(row))
+        self.counts.touched.update(taken)
+        self.counts.absorbed.update(old_pids - taken)
 
     def _insert_id(self, id_: str, pid: int, known: Key | None) -> None:
         first = self.first_time[id_]
@@ -289,6 +313,7 @@ class _BatchWriter:
             if first is not None and first < s.first_time:
                 self._update_id(i, first_time=first)
         tx.insert_ids(self.id_inserts)
+        self.counts.new_ids += len(self.id_inserts)
         # Group updates by the set of fields they change: one executemany per shape.
         by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for i, fields in self.id_updates.items():

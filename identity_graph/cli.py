@@ -96,6 +96,90 @@ def ingest(ctx: click.Context, file: IO[bytes], verbose: bool) -> None:
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
+SHOWN_ISSUES = 10
+
+
+@cli.command(name="import")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--errors", "errors_file", type=click.File("w", encoding="utf-8", lazy=True),
+              help="Write every rejected event, with its raw text, to FILE as JSON lines.")
+@click.option("--strict", is_flag=True, help="Stop at the first invalid event (exit 1); what came before stays.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Events per transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file: IO[str] | None,
+            strict: bool, batch_size: int, as_json: bool) -> None:
+    """Import historical events from PATHS: files, folders, or - for stdin.
+
+    JSON lines, JSON arrays and Segment batch envelopes, any of them gzipped; the format
+    is detected by content. Invalid events are skipped and reported as FILE:LINE: reason.
+    Re-running an import changes nothing that already landed.
+
+    \b
+    Example:
+        identity-graph --db sqlite:///graph.db import exports/2024-05/ --errors rejected.jsonl
+    """
+    from .importer import StrictImportStopped, import_events
+    from .readers import SourceError
+
+    graph = _open(ctx)
+    shown = [0]
+
+    def on_issue(issue: Any) -> None:
+        if shown[0] < SHOWN_ISSUES:
+            click.echo(str(issue), err=True)
+        shown[0] += 1
+        if errors_file is not None:
+            import json
+
+            errors_file.write(json.dumps(issue.to_dict(), ensure_ascii=False) + "\n")
+
+    bar = None
+    last = [0]
+
+    def on_progress(p: Any) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=p.bytes_total, label="importing", file=sys.stderr,
+                                    item_show_func=lambda text: text, show_eta=True)
+            bar.__enter__()
+        bar.update(p.bytes_done - last[0], f"{p.events:,} events, {p.events_per_second:,.0f}/s")
+        last[0] = p.bytes_done
+
+    show_progress = not quiet and sys.stderr.isatty() and "-" not in paths
+    try:
+        summary = import_events(graph, paths, batch_size=batch_size, strict=strict, on_issue=on_issue,
+                                on_progress=on_progress if show_progress else None)
+    except StrictImportStopped as stop:
+        raise click.ClickException(
+            f"{stop.issue} (--strict: stopped here; the {stop.summary.applied:,} events before it were imported)"
+        ) from None
+    except (SourceError, IdentityGraphError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if shown[0] > SHOWN_ISSUES:
+        more = f"{shown[0] - SHOWN_ISSUES:,} more invalid events"
+        click.echo(f"... and {more}" + (" (all in the --errors file)" if errors_file else " (use --errors FILE to keep them all)"),
+                   err=True)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    refused = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.links_refused.items()))
+    click.echo(f"imported {summary.files} file{'s' if summary.files != 1 else ''}: {summary.events:,} events"
+               f" in {summary.elapsed:.1f} s ({summary.events_per_second:,.0f} events/s)")
+    click.echo(f"  applied {summary.applied:,}, duplicates {summary.duplicates:,}, invalid {summary.invalid:,},"
+               f" blocked {summary.blocked:,}")
+    click.echo(f"  links: {summary.links_merged:,} merged, {summary.links_together:,} together,"
+               f" {summary.links_refused_total:,} refused" + (f" ({refused})" if refused else ""))
+    click.echo(f"  new IDs {summary.new_ids:,}, profiles touched {summary.profiles_touched:,}")
+
+
 @cli.command()
 @click.argument("id_")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")

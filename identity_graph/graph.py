@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .batch import Plan, apply_plans, plan_event
+from .batch import BatchCounts, Plan, apply_plans, plan_event
 from .cache import StateCache
 from .errors import InvalidEvent, RulesMismatch
 from .events import Event, parse_event, time_to_datetime
@@ -115,10 +115,10 @@ class IdentityGraph:
         report = on_invalid or summary.errors.append
         batch: list[Event] = []
         for position, raw in enumerate(events):
+            summary.events += 1
             try:
                 batch.append(parse_event(raw))
             except InvalidEvent as exc:
-                summary.events += 1
                 summary.invalid += 1
                 report(InvalidInput(position, exc.field, exc.reason))
                 continue
@@ -130,15 +130,16 @@ class IdentityGraph:
         return summary
 
     def _ingest_batch(self, events: list[Event], summary: IngestSummary) -> None:
-        results = self.apply_events(events)
-        for result in results:
-            summary.add(result)
+        counts = BatchCounts()
+        results = self.apply_events(events, counts)
+        summary.add_batch(results, counts.new_ids, counts.touched, counts.absorbed)
 
-    def apply_events(self, events: list[Event]) -> list[IngestResult]:
+    def apply_events(self, events: list[Event], counts: BatchCounts | None = None) -> list[IngestResult]:
         """Apply already-validated events in one transaction; one result per event, in order.
 
         The bulk entry point for importers: events are deduplicated by messageId (the
-        first wins, within the list and against the graph).
+        first wins, within the list and against the graph). ``counts`` receives the new
+        IDs and the profiles written.
         """
         results: list[IngestResult | None] = [None] * len(events)
         plans: list[Plan] = []
@@ -157,7 +158,9 @@ class IdentityGraph:
                 plan_slots.append(slot)
         in_batch_duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
         if plans:
-            applied = self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, plans, in_batch_duplicates))
+            applied = self._store.run_write(
+                lambda tx: apply_plans(tx, self.rules, self._cache, plans, in_batch_duplicates, counts)
+            )
             for slot, result in zip(plan_slots, applied):
                 results[slot] = result
         return results  # type: ignore[return-value]

@@ -76,10 +76,29 @@ class IngestSummary:
     links_together: int = 0
     links_refused: Counter = field(default_factory=Counter)
     replayed_events: int = 0
+    new_ids: int = 0
     errors: list[InvalidInput] = field(default_factory=list)
+    #: Profiles created or changed, and still there (absorbed ones leave the set).
+    touched_profiles: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def profiles_touched(self) -> int:
+        return len(self.touched_profiles)
+
+    @property
+    def links_refused_total(self) -> int:
+        return sum(self.links_refused.values())
+
+    def add_batch(self, results: "list[IngestResult]", new_ids: int, touched: set[int], absorbed: set[int]) -> None:
+        """Fold in one batch: its per-event results, the IDs it created, the profiles it wrote."""
+        for result in results:
+            self.add(result)
+        self.new_ids += new_ids
+        self.touched_profiles -= absorbed
+        self.touched_profiles |= touched
 
     def add(self, result: IngestResult) -> None:
-        self.events += 1
+        """Count one event's result (``events`` is counted by the caller, as input is read)."""
         if result.status == "applied":
             self.applied += 1
         elif result.status == "duplicate":
