@@ -14,6 +14,7 @@ ID, and the profile holds all N+1 IDs).
     .venv/bin/python benchmarks/bench_chain.py                        # 100k and 200k on SQLite
     .venv/bin/python benchmarks/bench_chain.py --sizes 10000,20000    # quick check
     .venv/bin/python benchmarks/bench_chain.py --db-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+        --sizes 25000,50000 [--pg-options=-cplan_cache_mode=force_custom_plan]          # (one command)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import backend_name, fresh_graph_url, machine_note  # noqa: E402
+from _common import backend_name, engine_version, fresh_graph_url, machine_note  # noqa: E402
 
 from identity_graph import IdentityGraph, MergeRules  # noqa: E402
 
@@ -51,13 +52,13 @@ def chain_events(n: int, seed: int = 1) -> list[dict]:
     return events
 
 
-def run_chain(n: int, db_url: str) -> dict:
+def run_chain(n: int, db_url: str, pg_options: str = "") -> dict:
     events = chain_events(n)
     marks = max(1, n // 10)
     decile_times: list[float] = []
     outcomes: dict[str, int] = {}
     replayed = 0
-    with fresh_graph_url(db_url, f"chain{n}") as url:
+    with fresh_graph_url(db_url, f"chain{n}", pg_options) as url:
         g = IdentityGraph(url, rules=RULES)
         try:
             ingest = g.ingest
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db-url", default="sqlite",
                     help="'sqlite' (a fresh temporary file per size, default) or a PostgreSQL server URL "
                          "(a fresh schema per size, dropped afterwards)")
+    ap.add_argument("--pg-options", default="",
+                    help="extra libpq options for the graph's PostgreSQL connections, "
+                         "e.g. '-cplan_cache_mode=force_custom_plan'")
     ap.add_argument("--strict", action="store_true", help="exit 2 when a growth target is missed")
     args = ap.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -98,17 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_chain: one alias chain id0->id1->...->idN, ingested one event at a time with "
           f"IdentityGraph.ingest on {backend}")
     print("rules: MergeRules(max_profile_ids=10**9), so the size cap (default 1000 IDs) does not cut the chain")
-    print(f"machine: {machine_note()}")
+    print(f"machine: {machine_note()}\n{engine_version()}")
+    if args.pg_options and backend == "postgresql":
+        print(f"PostgreSQL connection options: {args.pg_options}")
     runs = []
     failed = False
     for n in sizes:
-        r = run_chain(n, args.db_url)
+        r = run_chain(n, args.db_url, args.pg_options)
         runs.append(r)
         d = r["deciles"]
         first, last = d[0], d[-1]
         print(f"  {backend:10s} N={n:>9,}  {r['seconds']:8.1f} s  {n / r['seconds']:8,.0f} events/s  "
               f"(first 10%: {len(d) and n / 10 / first:,.0f}/s, last 10%: {len(d) and n / 10 / last:,.0f}/s, "
               f"last/first decile time {last / first:.2f})")
+        print(f"      events/s per tenth of the chain: {', '.join(f'{n / 10 / t:,.0f}' for t in d)}")
         print(f"      outcomes {r['outcomes']}, replayed events {r['replayed']}; "
               f"resolve(id0) = {r['resolved']!r}, profile size {r['profile_size']:,}: "
               f"{'correct' if r['ok'] else 'WRONG (expected id%d, %d IDs)' % (n, n + 1)}")

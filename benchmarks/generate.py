@@ -13,12 +13,14 @@ As a script (JSON lines, one event per line)::
 What the history looks like
 ---------------------------
 A simulated shop with a website (analytics.js), iOS and Android apps, a backend
-(analytics-node) and an e-mail tool, over a few weeks (about 35,000 events a day, with a
-day/night cycle):
+(analytics-node) and an e-mail tool: about 27,000 events a day with a day/night cycle, so
+1,000,000 events cover about five weeks:
 
-* a growing population of people; about a third were customers before the history starts,
-  the rest are new visitors of whom some sign up; each person uses one to a few devices
-  (every device or browser has its own ``anonymousId``, a uuid4); clearing cookies or
+* people: regulars who used the shop before the history starts (about half of them
+  customers, most already logged in on the device they come back with, so their first
+  events carry ``userId`` + ``anonymousId`` without any ``identify``), and a stream of
+  first-time visitors of whom some sign up later; each person uses one to a few devices
+  (every browser or app install has its own ``anonymousId``, a uuid4); clearing cookies or
   logging out (``analytics.reset()``) gives a browser a fresh ``anonymousId``;
 * anonymous browsing (``page`` / ``screen`` / ``track`` with an ``anonymousId`` only) before
   the person logs in; ``identify`` (``userId`` + ``anonymousId``) on login and sign-up; after
@@ -81,10 +83,14 @@ JUNK_IDS = ("null", "undefined", "", "0", "anonymous")
 # -- tunables (probabilities are per session unless said otherwise) -----------------------
 
 MEAN_SESSION_GAP_MS = 20_000  # ~4,300 sessions / ~35,000 events a day
-P_NEW_PERSON = 0.35  # a session is by somebody never seen before
-P_EXISTING_CUSTOMER = 0.35  # a new person already has an account (signed up before the history)
-P_LEGACY_EMAIL = 0.15  # ... whose old userId was the e-mail address (aliased on first login)
-P_WILL_SIGN_UP = 0.30  # a new visitor will sign up at some point
+N_REGULARS = 40_000  # people who used the shop before the history starts (met lazily)
+P_NEW_PERSON = 0.30  # a session is by a first-time visitor
+P_REGULAR = 0.55  # ... else by a regular (popularity skewed), else by a visitor first seen in the history
+P_REGULAR_CUSTOMER = 0.55  # a regular has an account
+P_REGULAR_LOGGED_IN = 0.75  # ... and their first device in the history is already logged in
+P_EXISTING_CUSTOMER = 0.08  # a first-time visitor (on this device) already has an account
+P_LEGACY_EMAIL = 0.15  # a customer whose old userId was the e-mail address (aliased on next login)
+P_WILL_SIGN_UP = 0.30  # a visitor without an account will sign up at some point
 P_LEAD = 0.35  # ... and leaves their e-mail (newsletter form) before signing up
 P_NEW_DEVICE = 0.12  # a returning person uses a device of theirs not seen before
 P_SHARED_DEVICE = 0.05  # ... which is a device someone else is logged in on (family computer)
@@ -234,6 +240,7 @@ class _Simulation:
         self.products = _catalog(rng)
         self.people: list[_Person] = []
         self.tickets: list[int] = []  # person index, repeated by activity: weighted choice
+        self.regulars: dict[int, _Person] = {}
         self.shared_pool: list[_Device] = []  # browsers someone is logged in on
         self.heap: list[tuple[int, int, dict]] = []
         self.seq = 0
@@ -263,13 +270,13 @@ class _Simulation:
 
     # -- people and devices ---------------------------------------------------------------
 
-    def new_person(self) -> _Person:
+    def new_person(self, regular: bool = False) -> _Person:
         r = self.r
         p = _Person()
         p.index = len(self.people)
         p.first, p.last = self.pick(_FIRST), self.pick(_LAST)
         p.email = f"{p.first.lower()}.{p.last.lower()}{p.index}@{self.pick(_MAIL_DOMAINS)}"
-        p.signed_up = r() < P_EXISTING_CUSTOMER
+        p.signed_up = r() < (P_REGULAR_CUSTOMER if regular else P_EXISTING_CUSTOMER)
         # ObjectId-like database ID: creation second + random.
         created = self.clock // 1000 - (int(r() * 86400 * 700) if p.signed_up else 0)
         p.user_id = f"{created:08x}{self.bits(64):016x}"
@@ -282,7 +289,23 @@ class _Simulation:
         p.plan = self.pick(_PLANS)
         p.company = f"{self.bits(48):012x}" if r() < 0.08 else None
         self.people.append(p)
-        self.tickets.extend([p.index] * (1 + int(r() * r() * 12)))  # a few very active people
+        if not regular:
+            self.tickets.extend([p.index] * (1 + int(r() * r() * 12)))  # a few very active people
+        return p
+
+    def regular(self) -> _Person:
+        """A regular, popularity-skewed (a few come very often); made on first sight."""
+        r = self.r
+        slot = int(N_REGULARS * r() * r())
+        p = self.regulars.get(slot)
+        if p is None:
+            p = self.regulars[slot] = self.new_person(regular=True)
+            # Their browser or app remembers them from before the history: already logged in.
+            d = self.new_device(mobile=r() < P_MOBILE)
+            if p.signed_up and r() < P_REGULAR_LOGGED_IN:
+                d.user, d.uid = p, (p.email if p.legacy_email else p.user_id)
+            d.installed = True
+            p.devices.append(d)
         return p
 
     def new_device(self, mobile: bool) -> _Device:
@@ -390,9 +413,13 @@ class _Simulation:
         # Day/night cycle: twice as busy in the (US/EU) evening as at night.
         gap = MEAN_SESSION_GAP_MS / (0.55 + 0.45 * _DAY_SHAPE[hour])
         self.clock += int(-gap * _log(1.0 - r())) + 1
-        if not self.people or r() < P_NEW_PERSON:
+        x = r()
+        if x < P_NEW_PERSON:
             person = self.new_person()
             returning = False
+        elif x < P_NEW_PERSON + (1 - P_NEW_PERSON) * P_REGULAR or not self.tickets:
+            person = self.regular()
+            returning = True
         else:
             person = self.people[self.pick(self.tickets)]
             returning = True
@@ -419,7 +446,8 @@ class _Simulation:
         """Steps (or -1) at which this session logs in, signs up, leaves an e-mail."""
         r = self.r
         login = signup = lead = -1
-        logged_in_as_me = d.user is person and d.uid is not None
+        # A legacy customer still logged in under their e-mail logs in again (and is aliased).
+        logged_in_as_me = d.user is person and d.uid is not None and not (person.legacy_email and d.uid == person.email)
         if person.signed_up and not logged_in_as_me and r() < 0.65:
             login = int(r() * n)
         elif person.will_sign_up and not person.signed_up and r() < 0.3:
