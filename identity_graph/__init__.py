@@ -7,7 +7,7 @@
 '507f191e81'
 """
 
-from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch
+from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch, StoreError
 from .events import Event, parse_event
 from .graph import IdentityGraph
 from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
@@ -29,6 +29,7 @@ __all__ = [
     "MergeRules",
     "Profile",
     "RulesMismatch",
+    "StoreError",
     "__version__",
     "parse_event",
 ]

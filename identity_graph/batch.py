@@ -37,8 +37,8 @@ class Plan:
     links: tuple[Link, ...]
 
 
-def plan_event(event: Event, rules: MergeRules) -> Plan | None:
-    """None when every ID of the event is blocked (rule 2)."""
+def plan_event(event: Event, rules: MergeRules) -> Plan:
+    """What ``event`` asserts under ``rules``; no IDs at all when every one is blocked (rule 2)."""
     is_blocked = rules.is_blocked
     user, anon, prev = event.user_id, event.anonymous_id, event.previous_id
     if user is not None and is_blocked(user):
@@ -47,9 +47,11 @@ def plan_event(event: Event, rules: MergeRules) -> Plan | None:
         anon = None
     if prev is not None and is_blocked(prev):
         prev = None
-    ids = tuple(dict.fromkeys(v for v in (prev, anon, user) if v is not None))
+    ids = tuple(v for v in (prev, anon, user) if v is not None)
     if not ids:
-        return None
+        return Plan(event, (), None, ())
+    if len(ids) > 1 and len(set(ids)) < len(ids):
+        ids = tuple(dict.fromkeys(ids))
     links = []
     # Rule 4: an alias's explicit link first (seq 0), then any implicit link (seq 1).
     # A link from an ID to itself says nothing and is not kept.
@@ -86,8 +88,10 @@ def apply_plans(
     counts.new_ids, counts.touched, counts.absorbed = 0, set(), set()
     cache.begin(tx)
     fresh_ids = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type) for p in plans])
-    tx.add_to_counter("duplicates", duplicates_seen + len(plans) - len(fresh_ids))
-    fresh = sorted((p for p in plans if p.event.message_id in fresh_ids), key=lambda p: p.event.key)
+    tx.count_duplicates(duplicates_seen + len(plans) - len(fresh_ids))
+    # A blocked event changes nothing, but its messageId is claimed all the same: the
+    # first event with a messageId wins, however the events were batched (rule 9).
+    fresh = sorted((p for p in plans if p.ids and p.event.message_id in fresh_ids), key=lambda p: p.event.key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
     if fresh:
@@ -100,6 +104,9 @@ def apply_plans(
         mid = p.event.message_id
         if mid not in fresh_ids:
             results.append(IngestResult(mid, "duplicate"))
+            continue
+        if not p.ids:
+            results.append(IngestResult(mid, "blocked"))
             continue
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
         results.append(IngestResult(mid, "applied", links, mid in replayed))
@@ -226,11 +233,12 @@ class _BatchWriter:
                     old.canonical, old.size, old.profile_known, old.last
                 ):
                     changed_profiles.append(_profile_row(survivor, state))
+                    self.counts.touched.add(survivor)
             else:
                 survivor = self.tx.new_profile_id()
                 new_profiles.append(_profile_row(survivor, state))
+                self.counts.touched.add(survivor)
             self.cache.put_profile(survivor, state.canonical, state.size, state.known, state.last)
-            self.counts.touched.add(survivor)
             for i in group:
                 if i not in self.stored:
                     self._insert_id(i, survivor, known_changes.get(i))
@@ -260,7 +268,8 @@ class _BatchWriter:
         resolver, outcomes = replay(self.rules, sorted(cluster), known_at, links + batch_links)
 
         self.tx.update_link_outcomes([
-            (o, r, s.link_id) for s, (o, r) in zip(stored_links, outcomes) if (s.outcome, s.reason) != (o, r)
+            (o, r, s.message_id, s.seq)
+            for s, (o, r) in zip(stored_links, outcomes) if (s.outcome, s.reason) != (o, r)
         ])
         for link, outcome in zip(batch_links, outcomes[len(links):]):
             self.outcomes[(link.message_id, link.seq)] = outcome
@@ -326,7 +335,7 @@ class _BatchWriter:
             columns = tuple(c for f in shape for c in (("known_time", "known_msg") if f == "known" else (f,)))
             tx.set_id_fields(columns, rows)
         tx.insert_links([
-            (l.source, l.target, l.kind, l.message_id, p.event.type, l.time, l.seq,
+            (l.message_id, l.seq, l.source, l.target, l.kind, p.event.type, l.time,
              *self.outcomes[(l.message_id, l.seq)])
             for p in self.plans for l in p.links
         ])

@@ -29,3 +29,10 @@ class RulesMismatch(IdentityGraphError):
 
 class DatabaseUnavailable(IdentityGraphError):
     """The database URL cannot be opened (bad URL, missing driver, server down)."""
+
+
+class StoreError(IdentityGraphError):
+    """The database refused a write for a reason retrying cannot fix (disk full, read-only...).
+
+    The transaction was rolled back: the graph is as it was before the call.
+    """

@@ -129,7 +129,8 @@ def parse_event(obj: object, *, now: int | None = None) -> Event:
     ...
     identity_graph.errors.InvalidEvent: event: a track event needs an "event" name
     """
-    if not isinstance(obj, Mapping):
+    # type() first: the ABC isinstance check costs more than the rest of the validation.
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         raise InvalidEvent("event", f"must be a JSON object, not {_type_name(obj)}")
     type_ = obj.get("type")
     if type_ is None:

@@ -87,10 +87,7 @@ class IdentityGraph:
         ...     g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"})
         IngestResult(message_id='m1', status='applied', links=(LinkResult(source='a1', target='u1', kind='implicit', outcome='merged', reason=None),), replayed=False)
         """
-        parsed = parse_event(event)
-        plan = plan_event(parsed, self.rules)
-        if plan is None:
-            return IngestResult(parsed.message_id, "blocked")
+        plan = plan_event(parse_event(event), self.rules)
         return self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, [plan]))[0]
 
     def ingest_many(
@@ -150,12 +147,8 @@ class IdentityGraph:
                 results[slot] = IngestResult(event.message_id, "duplicate")
                 continue
             seen.add(event.message_id)
-            plan = plan_event(event, self.rules)
-            if plan is None:
-                results[slot] = IngestResult(event.message_id, "blocked")
-            else:
-                plans.append(plan)
-                plan_slots.append(slot)
+            plans.append(plan_event(event, self.rules))
+            plan_slots.append(slot)
         in_batch_duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
         if plans:
             applied = self._store.run_write(

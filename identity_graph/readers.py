@@ -14,6 +14,7 @@ import gzip
 import io
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
@@ -147,7 +148,7 @@ def read_source(source: Source, on_bytes: Callable[[int], None] | None = None) -
     stream, counted = open_source(source)
     try:
         yield from _read_stream(source.path, stream, counted, on_bytes)
-    except OSError as exc:  # e.g. a truncated gzip file
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a truncated/corrupt gzip file
         raise SourceError(f"{source.path}: cannot read ({exc})") from None
     finally:
         if source.path != "-":
@@ -168,14 +169,14 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
     pending: list[tuple[int, bytes]] = []
     if first == b"{":
         # A pretty-printed document starts with lines that are not JSON objects by themselves.
-        for number in (1, 2):
-            line = next(lines, None)
-            if line is None:
-                break
+        candidates: list[bytes] = []
+        for number, line in enumerate(lines, 1):
             pending.append((number, line))
-        if pending and not _is_json_object_line(pending[0][1]) and (
-            len(pending) < 2 or not _is_json_object_line(pending[1][1])
-        ):
+            if line.strip():
+                candidates.append(line)
+                if len(candidates) == 2:
+                    break
+        if candidates and not any(_is_json_object_line(line) for line in candidates):
             yield from _read_document(name, stream, b"".join(line for _, line in pending))
             return
     number = 0

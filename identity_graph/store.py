@@ -40,15 +40,15 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, StoreError
 from .resolver import NO_KEY, Key
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 DEFAULT_URL = "sqlite:///identity-graph.db"
 # SQLite's limit on bound parameters is 32766 since 3.32; stay far below on every dialect.
 _CHUNK = 500
@@ -76,7 +76,8 @@ class IdRow(Base):
 
 class ProfileRow(Base):
     __tablename__ = "ig_profiles"
-    profile_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # INTEGER on SQLite makes it the rowid: one B-tree, no separate key index.
+    profile_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     canonical: Mapped[str] = mapped_column(IdString)
     size: Mapped[int] = mapped_column(Integer)
     known: Mapped[bool] = mapped_column(Boolean)
@@ -86,14 +87,15 @@ class ProfileRow(Base):
 
 class LinkRow(Base):
     __tablename__ = "ig_links"
-    link_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # A link is identified by its event and its place in it: (messageId, 0 explicit | 1 implicit).
+    __table_args__ = {"sqlite_with_rowid": False}
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     source: Mapped[str] = mapped_column(IdString, index=True)
     target: Mapped[str] = mapped_column(IdString, index=True)
     kind: Mapped[str] = mapped_column(String(8))
-    message_id: Mapped[str] = mapped_column(Text, index=True)
     event_type: Mapped[str] = mapped_column(String(16))
     time: Mapped[int] = mapped_column(BigInteger)
-    seq: Mapped[int] = mapped_column(SmallInteger)
     outcome: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(16))
 
@@ -112,12 +114,6 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class CounterRow(Base):
-    __tablename__ = "ig_counters"
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[int] = mapped_column(BigInteger)
-
-
 #: Size buckets of the profile-size histogram: (label, smallest, largest).
 SIZE_BUCKETS = [("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100),
                 ("101-1000", 101, 1000), (">1000", 1001, None)]
@@ -127,7 +123,6 @@ profiles_t = ProfileRow.__table__
 links_t = LinkRow.__table__
 events_t = EventRow.__table__
 meta_t = MetaRow.__table__
-counters_t = CounterRow.__table__
 
 
 class StoredId(NamedTuple):
@@ -144,14 +139,13 @@ class StoredId(NamedTuple):
 
 
 class StoredLink(NamedTuple):
-    link_id: int
+    message_id: str
+    seq: int
     source: str
     target: str
     kind: str
-    message_id: str
     event_type: str
     time: int
-    seq: int
     outcome: str
     reason: str | None
 
@@ -177,7 +171,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '1'
+    '2'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -188,16 +182,21 @@ class Store:
             kwargs: dict[str, Any] = {}
             if self.dialect == "sqlite":
                 kwargs["connect_args"] = {"timeout": busy_timeout}
-            else:
+            elif self.dialect == "postgresql":
                 kwargs["pool_pre_ping"] = True
+                # No server-side prepared statements: a generic plan made while the graph
+                # was small (a sequential scan of ig_ids) would otherwise stick for good.
+                kwargs["connect_args"] = {"prepare_threshold": None}
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
             hint = ""
             if "postgresql" in self.url:
                 hint = " (PostgreSQL needs psycopg 3: pip install 'identity-graph[postgres]')"
             raise DatabaseUnavailable(f"cannot open {self.url!r}: {exc}{hint}") from None
+        self.pg = self.dialect == "postgresql"
         if self.dialect == "sqlite":
             self._configure_sqlite(busy_timeout)
+        self._writer: Any = None  # the pooled DBAPI connection writes go through
         self._initialise()
 
     # -- connection setup -------------------------------------------------------------
@@ -205,8 +204,8 @@ class Store:
     def _configure_sqlite(self, busy_timeout: float) -> None:
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # We issue BEGIN ourselves (below); pysqlite's implicit BEGIN is DEFERRED, which
-            # lets two writers read the same state and then collide.
+            # We issue BEGIN ourselves; pysqlite's implicit BEGIN is DEFERRED, which lets
+            # two writers read the same state and then collide.
             dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -232,34 +231,30 @@ class Store:
                 return
         except DBAPIError:
             pass  # no tables yet
-        except DatabaseUnavailable:
-            raise
 
-        def create(conn: Connection) -> None:
-            if self.dialect == "postgresql":
-                # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
-            Base.metadata.create_all(conn)
-            existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
-            rows = [
-                {"key": k, "value": v}
-                for k, v in (("schema_version", SCHEMA_VERSION), ("lock", "0"))
-                if k not in existing
-            ]
-            if rows:
-                conn.execute(insert(meta_t), rows)
-            if conn.execute(select(func.count()).select_from(counters_t)).scalar() == 0:
-                conn.execute(insert(counters_t), [{"name": "duplicates", "value": 0},
-                                                  {"name": "next_profile_id", "value": 1}])
-
-        self._run(create, write=True)
+        try:
+            with self._connect(write=True) as conn, conn.begin():
+                if self.pg:
+                    # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
+                Base.metadata.create_all(conn)
+                existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
+                rows = [
+                    {"key": k, "value": v}
+                    for k, v in (("schema_version", SCHEMA_VERSION), ("lock", json.dumps(_NEW_LOCK)))
+                    if k not in existing
+                ]
+                if rows:
+                    conn.execute(insert(meta_t), rows)
+        except DBAPIError as exc:
+            raise StoreError(f"cannot create the graph's tables in {self.engine.url!r}: {_one_line(exc.orig)}") from None
 
     @contextmanager
-    def _connect(self, write: bool) -> Iterator[Connection]:
+    def _connect(self, write: bool = False) -> Iterator[Connection]:
         try:
             conn = self.engine.connect()
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {exc.orig}") from None
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {_one_line(exc.orig)}") from None
         try:
             if write:
                 conn = conn.execution_options(ig_write=True)
@@ -267,54 +262,82 @@ class Store:
         finally:
             conn.close()
 
-    def _run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
-        """Run ``fn`` in one transaction; retry it whole when the database says "try again"."""
-        delay = 0.01
-        for attempt in range(50):
-            with self._connect(write) as conn:
-                try:
-                    with conn.begin():
-                        return fn(conn)
-                except OperationalError as exc:
-                    if not self._transient(exc) or attempt == 49:
-                        raise
-                    log.debug("retrying after transient error: %s", exc.orig)
-            _time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _transient(exc: OperationalError) -> bool:
-        code = getattr(exc.orig, "sqlstate", None)
-        if code in ("40001", "40P01"):  # serialization failure, deadlock
-            return True
-        return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
+    def _raw_writer(self) -> Any:
+        if self._writer is None:
+            try:
+                self._writer = self.engine.raw_connection()
+            except DBAPIError as exc:
+                raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {_one_line(exc.orig)}") from None
+        return self._writer
 
     def run_write(self, fn: Callable[["WriteTx"], _T]) -> _T:
         """Run ``fn(tx)`` holding the graph's writer lock, in one transaction, with retries.
+
+        The lock is ``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` of the
+        ``lock`` row on PostgreSQL (READ COMMITTED: every later statement of the
+        transaction sees what the previous holder committed). Writes run on one DBAPI
+        connection kept for the store's life: a pooled checkout, SQLAlchemy's begin and
+        its reset-on-return cost more than a small transaction itself.
 
         The lock row also carries the graph's *generation*: a fresh random token written
         by every write transaction. ``tx.generation`` is the token found, and
         ``tx.next_generation`` the one this transaction leaves; a process whose cached
         view was made at a token still current knows nobody else has written since.
+        A transaction that fails with "database is locked", a deadlock or a serialisation
+        failure is retried whole; any other database error becomes :class:`StoreError`.
         """
+        delay = 0.01
+        for attempt in range(50):
+            raw = self._raw_writer()
+            cur = raw.cursor()
+            try:
+                if not self.pg:
+                    cur.execute("BEGIN IMMEDIATE")
+                tx = WriteTx(cur, self.pg)
+                tx.begin()
+                result = fn(tx)
+                tx.finish()
+                if self.pg:
+                    raw.commit()
+                else:
+                    cur.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                self._abandon(raw, cur)
+                if not isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
+                    raise
+                if not _transient(exc) or attempt == 49:
+                    raise StoreError(f"database error: {_one_line(exc)}") from exc
+                log.debug("retrying after transient error: %s", exc)
+            finally:
+                cur.close()
+            _time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
 
-        def locked(conn: Connection) -> _T:
-            tx = WriteTx(conn, self.dialect)
-            tx.begin()
-            result = fn(tx)
-            tx.finish()
-            return result
-
-        return self._run(locked, write=True)
+    def _abandon(self, raw: Any, cur: Any) -> None:
+        """Roll back after a failure; a connection that cannot even do that is dropped."""
+        try:
+            if self.pg:
+                raw.rollback()
+            elif raw.driver_connection.in_transaction:
+                cur.execute("ROLLBACK")
+        except Exception:  # the connection is gone: the next write opens a new one
+            try:
+                raw.invalidate()
+            finally:
+                self._writer = None
 
     def dispose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.engine.dispose()
 
     # -- meta --------------------------------------------------------------------------
 
     def read_meta(self, key: str) -> str | None:
-        with self._connect(False) as conn:
+        with self._connect() as conn:
             return conn.execute(select(meta_t.c.value).where(meta_t.c.key == key)).scalar()
 
     def write_meta_if_absent(self, key: str, value: str) -> str:
@@ -336,33 +359,55 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------
 
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        """A DBAPI cursor in a read transaction (one snapshot for the queries inside)."""
+        try:
+            raw = self.engine.raw_connection()
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {_one_line(exc.orig)}") from None
+        cur = raw.cursor()
+        try:
+            if not self.pg:
+                cur.execute("BEGIN")
+            yield cur
+        finally:
+            # End the read transaction here: an in-memory SQLite graph shares one connection
+            # with the writer, and the pool does not reset a connection still in use.
+            if self.pg:
+                raw.rollback()
+            elif raw.driver_connection.in_transaction:
+                cur.execute("ROLLBACK")
+            cur.close()
+            raw.close()
+
+    _LOOKUP = (
+        "SELECT p.canonical, p.profile_id FROM ig_ids i"
+        " JOIN ig_profiles p ON p.profile_id = i.profile_id WHERE i.id = ?"
+    )
+
     def lookup(self, id_: str) -> tuple[str, list[str]] | None:
         """(canonical, sorted member IDs) of ``id_``'s profile, or None: two indexed queries."""
-        with self._connect(False) as conn:
-            row = conn.execute(
-                select(profiles_t.c.canonical, profiles_t.c.profile_id)
-                .join(ids_t, ids_t.c.profile_id == profiles_t.c.profile_id)
-                .where(ids_t.c.id == id_)
-            ).first()
+        q = _placeholders(self.pg)
+        with self._read() as cur:
+            cur.execute(q(self._LOOKUP), (id_,))
+            row = cur.fetchone()
             if row is None:
                 return None
-            members = conn.execute(
-                select(ids_t.c.id).where(ids_t.c.profile_id == row.profile_id)
-            ).scalars().all()
-        return row.canonical, sorted(members)
+            cur.execute(q("SELECT id FROM ig_ids WHERE profile_id = ?"), (row[1],))
+            members = [r[0] for r in cur.fetchall()]
+        return row[0], sorted(members)
 
     def resolve(self, id_: str) -> str | None:
         """The canonical of ``id_``'s profile, or None: one indexed query."""
-        with self._connect(False) as conn:
-            return conn.execute(
-                select(profiles_t.c.canonical)
-                .join(ids_t, ids_t.c.profile_id == profiles_t.c.profile_id)
-                .where(ids_t.c.id == id_)
-            ).scalar()
+        with self._read() as cur:
+            cur.execute(_placeholders(self.pg)(self._LOOKUP), (id_,))
+            row = cur.fetchone()
+        return None if row is None else row[0]
 
     def iter_identities(self, batch: int = 10_000) -> Iterator[tuple[str, str]]:
         """Every (id, canonical), sorted by ID (code point order), streamed in batches."""
-        with self._connect(False) as conn:
+        with self._connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 select(ids_t.c.id, profiles_t.c.canonical)
                 .join(profiles_t, ids_t.c.profile_id == profiles_t.c.profile_id)
@@ -372,21 +417,24 @@ class Store:
                 yield row[0], row[1]
 
     def all_links(self) -> list[StoredLink]:
-        with self._connect(False) as conn:
-            return [StoredLink(*row) for row in conn.execute(_select_links().order_by(links_t.c.link_id))]
+        """Every stored link, in event-time order."""
+        with self._connect() as conn:
+            rows = conn.execute(_select_links()).all()
+        return sorted((StoredLink(*row) for row in rows), key=lambda l: (l.time, l.message_id, l.seq))
 
     def stats(self, largest: int = 10) -> dict[str, Any]:
         """Counts over the whole graph (a handful of aggregate queries)."""
         i, p, lk, e = ids_t.c, profiles_t.c, links_t.c, events_t.c
-        with self._connect(False) as conn:
+        with self._connect() as conn:
             one = conn.execute
+            lock = json.loads(one(select(meta_t.c.value).where(meta_t.c.key == "lock")).scalar_one())
             out: dict[str, Any] = {
                 "ids": one(select(func.count()).select_from(ids_t)).scalar_one(),
                 "known_ids": one(select(func.count()).where(i.known_time.is_not(None))).scalar_one(),
                 "profiles": one(select(func.count()).select_from(profiles_t)).scalar_one(),
                 "events": one(select(func.count()).select_from(events_t)).scalar_one(),
                 "newest_event_time": one(select(func.max(e.time))).scalar(),
-                "duplicates": one(select(counters_t.c.value).where(counters_t.c.name == "duplicates")).scalar() or 0,
+                "duplicates": lock["duplicates"],
             }
             sizes = []
             for label, low, high in SIZE_BUCKETS:
@@ -405,15 +453,34 @@ class Store:
 
     def count(self, table: str) -> int:
         t = Base.metadata.tables[table]
-        with self._connect(False) as conn:
+        with self._connect() as conn:
             return conn.execute(select(func.count()).select_from(t)).scalar_one()
+
+
+#: The lock row's value in a new graph: generation token, profile-number sequence, duplicates seen.
+_NEW_LOCK = {"generation": "new", "next_profile_id": 1, "duplicates": 0}
+
+
+def _one_line(exc: BaseException | None) -> str:
+    """Driver messages span lines (libpq adds hints); an error message is one line."""
+    return " ".join(str(exc).split())
+
+
+def _transient(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlstate", None)
+    if code in ("40001", "40P01"):  # serialization failure, deadlock
+        return True
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
+
+
+def _placeholders(pg: bool) -> Callable[[str], str]:
+    return (lambda sql: sql.replace("?", "%s")) if pg else (lambda sql: sql)
 
 
 def _select_links():  # type: ignore[no-untyped-def]
     c = links_t.c
-    return select(
-        c.link_id, c.source, c.target, c.kind, c.message_id, c.event_type, c.time, c.seq, c.outcome, c.reason
-    )
+    return select(c.message_id, c.seq, c.source, c.target, c.kind, c.event_type, c.time, c.outcome, c.reason)
 
 
 class _Sql:
@@ -424,8 +491,8 @@ class _Sql:
     a handful of them. Statements are written with ``?`` placeholders once.
     """
 
-    def __init__(self, dialect: str) -> None:
-        self.pg = dialect == "postgresql"
+    def __init__(self, pg: bool) -> None:
+        self.pg = pg
         self._cache: dict[str, str] = {}
 
     def __call__(self, sql: str) -> str:
@@ -446,17 +513,16 @@ _LOAD_IDS = (
     " p.canonical, p.size, p.known, p.last_time, p.last_msg"
     " FROM ig_ids i JOIN ig_profiles p ON p.profile_id = i.profile_id WHERE "
 )
-_LINK_COLUMNS = "link_id, source, target, kind, message_id, event_type, time, seq, outcome, reason"
+_LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome, reason"
 
 
 class WriteTx:
     """The queries of one locked write transaction. Created by :meth:`Store.run_write`."""
 
-    def __init__(self, conn: Connection, dialect: str) -> None:
-        self.conn = conn
-        self.sql = _Sql(dialect)
-        self.cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        self._next_profile_id: int | None = None
+    def __init__(self, cur: Any, pg: bool) -> None:
+        self.cur = cur
+        self.sql = _Sql(pg)
+        self._lock: dict[str, Any] = {}
 
     def _select_in(self, head: str, column: str, values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
         items = list(values)
@@ -503,19 +569,17 @@ class WriteTx:
         return [StoredLink(*r) for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", "source", ids)]
 
     def begin(self) -> None:
-        """Take the writer lock (PostgreSQL; SQLite's is BEGIN IMMEDIATE) and read the generation."""
+        """Take the writer lock (PostgreSQL; SQLite's is BEGIN IMMEDIATE) and read the lock row."""
         lock = "SELECT value FROM ig_meta WHERE key = 'lock'" + (" FOR UPDATE" if self.sql.pg else "")
         self.cur.execute(lock)
-        self.generation: str = self.cur.fetchone()[0]
+        self._lock = json.loads(self.cur.fetchone()[0])
+        self.generation: str = self._lock["generation"]
         self.next_generation = uuid.uuid4().hex
 
     def finish(self) -> None:
-        """Leave a new generation and the profile-number sequence; same transaction."""
-        self.cur.execute(self.sql("UPDATE ig_meta SET value = ? WHERE key = 'lock'"), (self.next_generation,))
-        if self._next_profile_id is not None:
-            self.cur.execute(
-                self.sql("UPDATE ig_counters SET value = ? WHERE name = 'next_profile_id'"), (self._next_profile_id,)
-            )
+        """Leave a new generation (and the counters) on the lock row: one row, one page."""
+        self._lock["generation"] = self.next_generation
+        self.cur.execute(self.sql("UPDATE ig_meta SET value = ? WHERE key = 'lock'"), (json.dumps(self._lock),))
 
     def is_empty(self) -> bool:
         self.cur.execute("SELECT 1 FROM ig_ids LIMIT 1")
@@ -524,11 +588,8 @@ class WriteTx:
     def new_profile_id(self) -> int:
         """A profile number never used before in this graph (numbers are not reused, so a
         cached "profile A moved into B" can never point at a different, later profile A)."""
-        if self._next_profile_id is None:
-            self.cur.execute("SELECT value FROM ig_counters WHERE name = 'next_profile_id'")
-            self._next_profile_id = self.cur.fetchone()[0]
-        pid = self._next_profile_id
-        self._next_profile_id += 1
+        pid: int = self._lock["next_profile_id"]
+        self._lock["next_profile_id"] = pid + 1
         return pid
 
     def claim_message_ids(self, rows: list[tuple[str, int, str]]) -> set[str]:
@@ -575,12 +636,8 @@ class WriteTx:
         )
 
     def insert_links(self, rows: list[tuple[Any, ...]]) -> None:
-        """rows: (source, target, kind, message_id, event_type, time, seq, outcome, reason)."""
-        self._many(
-            "INSERT INTO ig_links (source, target, kind, message_id, event_type, time, seq, outcome, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        """rows: (message_id, seq, source, target, kind, event_type, time, outcome, reason)."""
+        self._many(f"INSERT INTO ig_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def set_id_fields(self, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         """Update ``fields`` of existing IDs; each row is the field values, then the ID."""
@@ -612,10 +669,9 @@ class WriteTx:
             [(*r[1:], r[0]) for r in rows],
         )
 
-    def add_to_counter(self, name: str, amount: int) -> None:
-        if amount:
-            self.cur.execute(self.sql("UPDATE ig_counters SET value = value + ? WHERE name = ?"), (amount, name))
+    def count_duplicates(self, amount: int) -> None:
+        self._lock["duplicates"] += amount
 
     def update_link_outcomes(self, rows: list[tuple[str, str | None, int]]) -> None:
-        """rows: (outcome, reason, link_id)."""
-        self._many("UPDATE ig_links SET outcome = ?, reason = ? WHERE link_id = ?", rows)
+        """rows: (outcome, reason, message_id, seq)."""
+        self._many("UPDATE ig_links SET outcome = ?, reason = ? WHERE message_id = ? AND seq = ?", rows)
