@@ -15,9 +15,11 @@ Inside the store's writer lock (see :meth:`identity_graph.store.Store.run_write`
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
@@ -27,8 +29,25 @@ from .cache import StateCache
 from .store import StoredId, WriteTx
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a bulk load.
+
+    Batches make millions of short-lived tuples and the cache holds millions of
+    long-lived ones; none of them form reference cycles, so the collector finds nothing,
+    yet its full scans of the live objects took about a third of an import's time.
+    Reference counting still frees everything; the collector's state is restored after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class Plan(NamedTuple):
     """What one valid event asserts once blocked values are dropped."""
 
     event: Event

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .batch import BatchCounts, Plan, apply_plans, plan_event
+from .batch import BatchCounts, Plan, apply_plans, gc_paused, plan_event
 from .cache import StateCache
 from .errors import InvalidEvent, RulesMismatch
 from .events import Event, parse_event, time_to_datetime
@@ -111,19 +111,20 @@ class IdentityGraph:
         summary = IngestSummary()
         report = on_invalid or summary.errors.append
         batch: list[Event] = []
-        for position, raw in enumerate(events):
-            summary.events += 1
-            try:
-                batch.append(parse_event(raw))
-            except InvalidEvent as exc:
-                summary.invalid += 1
-                report(InvalidInput(position, exc.field, exc.reason))
-                continue
-            if len(batch) >= batch_size:
+        with gc_paused():
+            for position, raw in enumerate(events):
+                summary.events += 1
+                try:
+                    batch.append(parse_event(raw))
+                except InvalidEvent as exc:
+                    summary.invalid += 1
+                    report(InvalidInput(position, exc.field, exc.reason))
+                    continue
+                if len(batch) >= batch_size:
+                    self._ingest_batch(batch, summary)
+                    batch = []
+            if batch:
                 self._ingest_batch(batch, summary)
-                batch = []
-        if batch:
-            self._ingest_batch(batch, summary)
         return summary
 
     def _ingest_batch(self, events: list[Event], summary: IngestSummary) -> None:

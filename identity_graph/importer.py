@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from .batch import BatchCounts
+from .batch import BatchCounts, gc_paused
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, parse_event
 from .graph import IdentityGraph
-from .readers import Item, Location, expand_sources, raw_text, read_source
+from .readers import Item, Location, Source, expand_sources, raw_text, read_source
 from .results import IngestSummary
 
 DEFAULT_IMPORT_BATCH = 10_000
@@ -137,6 +137,24 @@ def import_events(
         if on_progress is not None:
             on_progress(ImportProgress(done, total, summary.events, time.perf_counter() - started))
 
+    with gc_paused():
+        _import(graph, expanded, summary, batch_size, strict, report, progress)
+    summary.elapsed = time.perf_counter() - started
+    if on_progress is not None:
+        on_progress(ImportProgress(done, total, summary.events, summary.elapsed))
+    return summary
+
+
+def _import(
+    graph: IdentityGraph,
+    expanded: list[Source],
+    summary: ImportSummary,
+    batch_size: int,
+    strict: bool,
+    report: Callable[[ImportIssue], None],
+    progress: Callable[[int], None],
+) -> None:
+    started = time.perf_counter()
     batch: list[Event] = []
     now = datetime_to_time(datetime.now(timezone.utc))
     for source in expanded:
@@ -147,7 +165,7 @@ def import_events(
                 summary.invalid += 1
                 if strict:
                     _flush(graph, batch, summary)
-                    summary.elapsed = time.perf_counter() - started
+                    summary.elapsed += time.perf_counter() - started
                     raise StrictImportStopped(event, summary)
                 report(event)
                 continue
@@ -157,15 +175,11 @@ def import_events(
                 batch = []
                 now = datetime_to_time(datetime.now(timezone.utc))
     _flush(graph, batch, summary)
-    summary.elapsed = time.perf_counter() - started
-    if on_progress is not None:
-        on_progress(ImportProgress(done, total, summary.events, summary.elapsed))
-    return summary
 
 
 def _validate(item: Item, now: int) -> Event | ImportIssue:
     if item.error is not None:
-        return ImportIssue(item.location, item.error, item.raw)
+        return ImportIssue(item.location, item.error, raw_text(item))
     try:
         return parse_event(item.value, now=now)
     except InvalidEvent as exc:

@@ -54,12 +54,22 @@ class Location:
 
 
 class Item(NamedTuple):
-    """One value read: the decoded event, or an ``error`` saying why it could not be."""
+    """One value read: the decoded event, or an ``error`` saying why it could not be.
 
-    location: Location
+    Where it came from is kept as plain fields, and :attr:`location` is built only when
+    asked for (on errors): an import reads millions of items.
+    """
+
+    source: str
+    line: int | None
+    index: int | None
     value: Any
     error: str | None
     raw: bytes
+
+    @property
+    def location(self) -> Location:
+        return Location(self.source, self.line, self.index)
 
 
 @dataclass(frozen=True)
@@ -211,9 +221,12 @@ def _decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        yield Item(Location(name, number), None, f"invalid JSON ({exc})", line.rstrip(b"\r\n"))
+        yield Item(name, number, None, None, f"invalid JSON ({exc})", line.rstrip(b"\r\n"))
         return
-    yield from _expand(Location(name, number), value, line.rstrip(b"\r\n"))
+    if type(value) is dict and "batch" not in value:  # the common case, kept short
+        yield Item(name, number, None, value, None, line.rstrip(b"\r\n"))
+        return
+    yield from _expand(name, number, None, value, line.rstrip(b"\r\n"))
 
 
 def _read_array(name: str, stream: IO[bytes]) -> Iterator[Item]:
@@ -223,9 +236,9 @@ def _read_array(name: str, stream: IO[bytes]) -> Iterator[Item]:
     index = -1
     try:
         for index, element in enumerate(ijson.items(stream, "item", use_float=True)):
-            yield from _expand(Location(name, None, index), element, None)
+            yield from _expand(name, None, index, element, None)
     except ijson.JSONError as exc:
-        yield Item(Location(name, None, index + 1), None, f"invalid JSON ({exc}); the rest of the file is skipped", b"")
+        yield Item(name, None, index + 1, None, f"invalid JSON ({exc}); the rest of the file is skipped", b"")
 
 
 def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterator[Item]:
@@ -235,29 +248,28 @@ def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterato
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield Item(Location(name, 1), None, f"invalid JSON ({exc})", data[:1000])
+        yield Item(name, 1, None, None, f"invalid JSON ({exc})", data[:1000])
         return
-    yield from _expand(Location(name, 1), value, None)
+    yield from _expand(name, 1, None, value, None)
 
 
-def _expand(location: Location, value: Any, raw: bytes | None) -> Iterator[Item]:
+def _expand(name: str, line: int | None, index: int | None, value: Any, raw: bytes | None) -> Iterator[Item]:
     """An event as it is, or the events of a Segment batch envelope."""
     if isinstance(value, dict) and "batch" in value:
         batch = value["batch"]
         if not isinstance(batch, list):
-            yield Item(location, None, "batch: must be a list of events", raw or orjson.dumps(value))
+            yield Item(name, line, index, None, "batch: must be a list of events", raw or orjson.dumps(value))
             return
         shared = {k: value[k] for k in _ENVELOPE_MERGED if isinstance(value.get(k), dict)}
-        for index, event in enumerate(batch):
-            where = Location(location.source, location.line, index)
+        for position, event in enumerate(batch):
             if isinstance(event, dict) and shared:
                 event = dict(event)
                 for key, outer in shared.items():
                     inner = event.get(key)
                     event[key] = {**outer, **inner} if isinstance(inner, dict) else (outer if inner is None else inner)
-            yield Item(where, event, None, b"")
+            yield Item(name, line, position, event, None, b"")
         return
-    yield Item(location, value, None, raw if raw is not None else b"")
+    yield Item(name, line, index, value, None, raw if raw is not None else b"")
 
 
 def raw_text(item: Item) -> bytes:

@@ -9,7 +9,7 @@ are joined by size; each root carries a :class:`ProfileState`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from .rules import MERGED, REFUSED, LinkKind, MergeRules, Outcome
 
@@ -33,8 +33,7 @@ class ProfileState:
     last: Key = NO_KEY
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     """A link one event asserts: ``source -> target``.
 
     ``seq`` orders the links of one event (an alias's explicit link before its implicit

@@ -48,7 +48,7 @@ from .resolver import NO_KEY, Key
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 DEFAULT_URL = "sqlite:///identity-graph.db"
 # SQLite's limit on bound parameters is 32766 since 3.32; stay far below on every dialect.
 _CHUNK = 500
@@ -106,6 +106,8 @@ class EventRow(Base):
     message_id: Mapped[str] = mapped_column(Text, primary_key=True)
     time: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(16))
+    # The write transaction that registered it: tells "already there" from "just inserted".
+    tx: Mapped[int] = mapped_column(BigInteger)
 
 
 class MetaRow(Base):
@@ -171,7 +173,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '2'
+    '3'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -524,11 +526,14 @@ class WriteTx:
         self.sql = _Sql(pg)
         self._lock: dict[str, Any] = {}
 
-    def _select_in(self, head: str, column: str, values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
+    def _select_in(
+        self, head: str, column: str, values: Iterable[Any], prefix: tuple[Any, ...] = ()
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``head + column IN values``, in chunks; ``prefix`` binds ``head``'s own ``?``s."""
         items = list(values)
         for chunk in _chunks(items):
             where, params = self.sql.in_(column, chunk)
-            self.cur.execute(self.sql(head) + where, params)
+            self.cur.execute(self.sql(head) + where, [*prefix, *params])
             yield from self.cur.fetchall()
 
     def existing_message_ids(self, message_ids: list[str]) -> set[str]:
@@ -593,31 +598,36 @@ class WriteTx:
         return pid
 
     def claim_message_ids(self, rows: list[tuple[str, int, str]]) -> set[str]:
-        """Register (message_id, time, type) rows; return the messageIds that were new.
+        """Register (message_id, time, type) rows (distinct messageIds); return those that were new.
 
-        One INSERT ... ON CONFLICT DO NOTHING RETURNING per chunk both checks and writes
-        the register (rule 9).
+        Rule 9 in one pass: the insert skips messageIds already registered. On SQLite a
+        plain executemany is the fast path; only when it inserted fewer rows than given
+        are the others looked up, by the transaction number each row carries.
         """
-        fresh: set[str] = set()
+        tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
         if self.sql.pg:
+            fresh: set[str] = set()
             for chunk in _chunks(rows, 5000):
                 self.cur.execute(
-                    "INSERT INTO ig_events (message_id, time, type)"
-                    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])"
+                    "INSERT INTO ig_events (message_id, time, type, tx)"
+                    " SELECT m, t, y, %s FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(m, t, y)"
                     " ON CONFLICT DO NOTHING RETURNING message_id",
-                    [list(col) for col in zip(*chunk)],
+                    [tx_number, *(list(col) for col in zip(*chunk))],
                 )
                 fresh.update(r[0] for r in self.cur.fetchall())
-        else:
-            for chunk in _chunks(rows, 2000):
-                values = ",".join(["(?,?,?)"] * len(chunk))
-                self.cur.execute(
-                    f"INSERT INTO ig_events (message_id, time, type) VALUES {values}"
-                    " ON CONFLICT DO NOTHING RETURNING message_id",
-                    [v for row in chunk for v in row],
-                )
-                fresh.update(r[0] for r in self.cur.fetchall())
-        return fresh
+            return fresh
+        self.cur.executemany(
+            "INSERT INTO ig_events (message_id, time, type, tx) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(*row, tx_number) for row in rows],
+        )
+        ids = [row[0] for row in rows]
+        if self.cur.rowcount == len(rows):
+            return set(ids)
+        seen_before = {
+            r[0] for r in self._select_in("SELECT message_id FROM ig_events WHERE tx <> ? AND ", "message_id", ids,
+                                          prefix=(tx_number,))
+        }
+        return {i for i in ids if i not in seen_before}
 
     # -- writes ------------------------------------------------------------------------
 
