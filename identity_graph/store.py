@@ -1,4 +1,4 @@
-"""How is the graph kept? The SQLAlchemy 2.0 tables and every query, in one place.
+"""How is the graph kept? Every query on the graph's tables (see :mod:`.schema`), in one place.
 
 Layout: ``ig_ids`` maps each ID to its profile (indexed both ways); ``ig_profiles`` holds
 one row per profile with its canonical, size, "holds a known ID" flag and the key of the
@@ -7,8 +7,7 @@ merge rewrites only the IDs of the smaller profile. ``ig_links`` keeps every lin
 event and outcome, ``ig_events`` the register of seen messageIds, ``ig_meta`` the rules
 and the row writers lock.
 
-Times are stored as integer microseconds since the Unix epoch (UTC): exact, compact and
-the same on every dialect. Every write runs through :meth:`Store.run_write`, which holds
+Every write runs through :meth:`Store.run_write`, which holds
 the graph's single writer lock (SQLite ``BEGIN IMMEDIATE``; a ``FOR UPDATE`` row lock on
 PostgreSQL) for the whole decision, so concurrent writers can never lose a merge.
 """
@@ -24,107 +23,24 @@ import time as _time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Connection,
-    Engine,
-    Integer,
-    SmallInteger,
-    String,
-    Text,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-)
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import DatabaseUnavailable, StoreError
 from .resolver import NO_KEY, Key
+from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
 DEFAULT_URL = "sqlite:///identity-graph.db"
 # SQLite's limit on bound parameters is 32766 since 3.32; stay far below on every dialect.
 _CHUNK = 500
 _T = TypeVar("_T")
 
-# IDs sort by code point everywhere: SQLite's BINARY collation does; PostgreSQL needs "C".
-IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
-BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class IdRow(Base):
-    __tablename__ = "ig_ids"
-    # Text primary key: on SQLite keep the row in the key's B-tree, not beside a rowid.
-    __table_args__ = {"sqlite_with_rowid": False}
-    id: Mapped[str] = mapped_column(IdString, primary_key=True)
-    profile_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    known_time: Mapped[int | None] = mapped_column(BigInteger)
-    known_msg: Mapped[str | None] = mapped_column(Text)
-    first_time: Mapped[int] = mapped_column(BigInteger)
-
-
-class ProfileRow(Base):
-    __tablename__ = "ig_profiles"
-    # INTEGER on SQLite makes it the rowid: one B-tree, no separate key index.
-    profile_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
-    canonical: Mapped[str] = mapped_column(IdString)
-    size: Mapped[int] = mapped_column(Integer)
-    known: Mapped[bool] = mapped_column(Boolean)
-    last_time: Mapped[int | None] = mapped_column(BigInteger)
-    last_msg: Mapped[str | None] = mapped_column(Text)
-
-
-class LinkRow(Base):
-    __tablename__ = "ig_links"
-    # A link is identified by its event and its place in it: (messageId, 0 explicit | 1 implicit).
-    __table_args__ = {"sqlite_with_rowid": False}
-    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    seq: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    source: Mapped[str] = mapped_column(IdString, index=True)
-    target: Mapped[str] = mapped_column(IdString, index=True)
-    kind: Mapped[str] = mapped_column(String(8))
-    event_type: Mapped[str] = mapped_column(String(16))
-    time: Mapped[int] = mapped_column(BigInteger)
-    outcome: Mapped[str] = mapped_column(String(8))
-    reason: Mapped[str | None] = mapped_column(String(16))
-
-
-class EventRow(Base):
-    __tablename__ = "ig_events"
-    __table_args__ = {"sqlite_with_rowid": False}
-    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    time: Mapped[int] = mapped_column(BigInteger)
-    type: Mapped[str] = mapped_column(String(16))
-    # The write transaction that registered it: tells "already there" from "just inserted".
-    tx: Mapped[int] = mapped_column(BigInteger)
-
-
-class MetaRow(Base):
-    __tablename__ = "ig_meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
 #: Size buckets of the profile-size histogram: (label, smallest, largest).
 SIZE_BUCKETS = [("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100),
                 ("101-1000", 101, 1000), (">1000", 1001, None)]
-
-ids_t = IdRow.__table__
-profiles_t = ProfileRow.__table__
-links_t = LinkRow.__table__
-events_t = EventRow.__table__
-meta_t = MetaRow.__table__
 
 
 class StoredId(NamedTuple):
@@ -239,7 +155,7 @@ class Store:
                 if self.pg:
                     # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
-                Base.metadata.create_all(conn)
+                metadata.create_all(conn)
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
                 rows = [
                     {"key": k, "value": v}
@@ -454,7 +370,7 @@ class Store:
         return out
 
     def count(self, table: str) -> int:
-        t = Base.metadata.tables[table]
+        t = metadata.tables[table]
         with self._connect() as conn:
             return conn.execute(select(func.count()).select_from(t)).scalar_one()
 

@@ -1,0 +1,80 @@
+"""The graph's tables, as SQLAlchemy Core ``Table`` objects.
+
+Core tables, not ORM models: every command of the CLI pays for what it imports, and
+declaring ORM models costs ~100 ms (``sqlalchemy.orm`` and the mapper set-up) that no
+query here uses. Only :mod:`identity_graph.store` queries these tables.
+
+Times are integer microseconds since the Unix epoch (UTC): exact, compact and the same
+on every dialect. IDs sort by code point everywhere: SQLite's BINARY collation does, and
+PostgreSQL gets the "C" collation. Text-keyed tables are WITHOUT ROWID on SQLite, so the
+row lives in its key's B-tree instead of beside a rowid.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text
+
+SCHEMA_VERSION = "3"
+
+IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
+# INTEGER on SQLite makes a primary key the rowid itself: one B-tree, no separate index.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+#: Each ID, its profile, when it became known (rule 3) and when it was first seen.
+ids_t = Table(
+    "ig_ids", metadata,
+    Column("id", IdString, primary_key=True),
+    Column("profile_id", BigInteger, nullable=False),
+    Column("known_time", BigInteger),
+    Column("known_msg", Text),
+    Column("first_time", BigInteger, nullable=False),
+    Index("ix_ig_ids_profile_id", "profile_id"),
+    sqlite_with_rowid=False,
+)
+
+#: One row per profile: canonical, size, "holds a known ID", last event that affected it.
+profiles_t = Table(
+    "ig_profiles", metadata,
+    Column("profile_id", RowId, primary_key=True, autoincrement=False),
+    Column("canonical", IdString, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("known", Boolean, nullable=False),
+    Column("last_time", BigInteger),
+    Column("last_msg", Text),
+)
+
+#: Every link with its event and outcome; identified by (messageId, 0 explicit | 1 implicit).
+links_t = Table(
+    "ig_links", metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("seq", SmallInteger, primary_key=True),
+    Column("source", IdString, nullable=False),
+    Column("target", IdString, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("event_type", String(16), nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("reason", String(16)),
+    Index("ix_ig_links_source", "source"),
+    Index("ix_ig_links_target", "target"),
+    sqlite_with_rowid=False,
+)
+
+#: The register of seen messageIds (rule 9); ``tx`` is the write transaction that added it.
+events_t = Table(
+    "ig_events", metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("time", BigInteger, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("tx", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+#: Schema version, the merge rules, and the writers' lock row (generation and counters).
+meta_t = Table(
+    "ig_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
