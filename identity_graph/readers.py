@@ -247,8 +247,11 @@ def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterato
     data = prefix + stream.read()
     try:
         value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        yield Item(name, 1, None, None, f"invalid JSON ({exc})", data[:1000])
+    except orjson.JSONDecodeError:
+        # Not one document after all: JSON lines whose first lines are broken. Read it as
+        # lines, so every valid event in it still counts and each bad line is reported.
+        for number, line in enumerate(data.splitlines(keepends=True), 1):
+            yield from _decode_line(name, number, line)
         return
     yield from _expand(name, 1, None, value, None)
 

@@ -1,0 +1,519 @@
+"""import_events: every input form gives the same graph and summary; counts are exact;
+re-running is a no-op; the bulk path equals one-by-one ingestion."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+
+from conftest import PostgresSchemas, postgres_base_url
+from helpers import P, alias, ev, identify, profiles
+from identity_graph import IdentityGraph, MergeRules
+from identity_graph.importer import ImportIssue, StrictImportStopped, import_events
+from identity_graph.readers import SourceError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small history with one of everything: a merge, a plain event, a refused link, an alias,
+# a second implicit merge, an event whose userId is junk, a link already together, and an
+# event whose only ID is junk (blocked).
+HISTORY = [
+    identify(1, "m1", user="u1", anon="a1"),                  # a1 -> u1 merged
+    ev("track", 2, "m2", userId="u1"),                         # no link
+    identify(3, "m3", user="u2", anon="a1"),                   # a1 -> u2 refused: known_id
+    alias(4, "m4", "e@x", "u1"),                               # e@x -> u1 merged
+    ev("page", 5, "m5", anonymousId="a2", userId="u1"),        # a2 -> u1 merged
+    identify(6, "m6", user="null", anon="a3"),                 # userId blocked: a3 alone
+    identify(7, "m7", user="u1", anon="a2"),                   # a2 -> u1 together
+    identify(8, "m8", user="undefined"),                       # blocked
+]
+EXPECTED = {P("u1", "a1", "e@x", "a2"), P("u2"), P("a3")}
+EXPECTED_COUNTS = {
+    "events": 8, "applied": 7, "duplicates": 0, "invalid": 0, "blocked": 1,
+    "links_merged": 3, "links_together": 1, "links_refused": {"known_id": 1},
+    "new_ids": 6, "profiles_touched": 3,
+}
+
+
+def counts(summary: Any) -> dict[str, Any]:
+    d = summary.to_dict()
+    return {k: d[k] for k in EXPECTED_COUNTS}
+
+
+def jsonl(events: list[Any]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def envelope(events: list[Any]) -> dict[str, Any]:
+    return {"batch": events, "context": {"library": {"name": "analytics-python"}}, "integrations": {"All": True}}
+
+
+def stored_links(graph: IdentityGraph) -> set[tuple[Any, ...]]:
+    return {(l.source, l.target, l.kind, l.message_id, l.outcome, l.reason) for l in graph._store.all_links()}
+
+
+# -- every input form ------------------------------------------------------------------
+# Each builder writes HISTORY under ``folder`` in some form and returns the paths to import.
+
+H1, H2 = HISTORY[:3], HISTORY[3:]
+
+
+def _write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _folder(folder: Path) -> list[Path]:
+    root = folder / "exports"
+    _write(root, "01.jsonl", jsonl(HISTORY[:2]))
+    _write(root, "02/a.json", json.dumps(HISTORY[2:4], indent=2).encode())
+    _write(root, "03.json.gz", gzip.compress(json.dumps(envelope(HISTORY[4:6]), indent=2).encode()))
+    _write(root, "04.ndjson", jsonl(HISTORY[6:]))
+    # None of these may be read: each would change the graph.
+    _write(root, ".hidden.jsonl", jsonl([alias(9, "x1", "u2", "u1")]))
+    _write(root, ".cache/old.jsonl", jsonl([alias(9, "x2", "a3", "u1")]))
+    _write(root, "notes.md", jsonl([alias(9, "x3", "u2", "a3")]))
+    _write(root, "dump.csv", jsonl([identify(9, "x4", user="u3")]))
+    return [root]
+
+
+FORMS: dict[str, Callable[[Path], list[Path]]] = {
+    "jsonl": lambda d: [_write(d, "h.jsonl", jsonl(HISTORY))],
+    "ndjson": lambda d: [_write(d, "h.ndjson", jsonl(HISTORY))],
+    "json-lines-named-json": lambda d: [_write(d, "h.json", jsonl(HISTORY))],
+    "array": lambda d: [_write(d, "h.json", json.dumps(HISTORY).encode())],
+    "pretty-array": lambda d: [_write(d, "h.json", json.dumps(HISTORY, indent=2).encode())],
+    "envelope": lambda d: [_write(d, "h.json", json.dumps(envelope(HISTORY), indent=2).encode())],
+    "envelope-line-in-jsonl": lambda d: [_write(d, "h.jsonl", jsonl([H1[0], envelope(H1[1:] + H2[:2]), *H2[2:]]))],
+    "gz-jsonl": lambda d: [_write(d, "h.jsonl.gz", gzip.compress(jsonl(HISTORY)))],
+    "gz-array": lambda d: [_write(d, "h.json.gz", gzip.compress(json.dumps(HISTORY, indent=2).encode()))],
+    "gz-envelope": lambda d: [_write(d, "h.json.gz", gzip.compress(json.dumps(envelope(HISTORY), indent=2).encode()))],
+    "gz-envelope-line": lambda d: [_write(d, "h.ndjson.gz", gzip.compress(jsonl([envelope(H1), *H2])))],
+    "gz-without-gz-name": lambda d: [_write(d, "h.jsonl", gzip.compress(jsonl(HISTORY)))],
+    "gz-array-no-extension": lambda d: [_write(d, "h", gzip.compress(json.dumps(HISTORY).encode()))],
+    "bom": lambda d: [_write(d, "h.jsonl", b"\xef\xbb\xbf" + jsonl(HISTORY))],
+    "bom-gz-envelope": lambda d: [_write(d, "h.gz", gzip.compress(
+        b"\xef\xbb\xbf" + json.dumps(envelope(HISTORY), indent=2).encode()))],
+    "blank-lines": lambda d: [_write(d, "h.jsonl", b"\n".join(orjson.dumps(e) + b"\n  " for e in HISTORY) + b"\n\n")],
+    "crlf": lambda d: [_write(d, "h.jsonl", b"".join(orjson.dumps(e) + b"\r\n" for e in HISTORY))],
+    "folder": _folder,
+    "mixed-files": lambda d: [
+        _write(d, "a.jsonl", jsonl(HISTORY[:2])),
+        _write(d, "b.json", json.dumps(HISTORY[2:4], indent=2).encode()),
+        _write(d, "empty.jsonl", b""),
+        _write(d, "c.gz", gzip.compress(json.dumps(envelope(HISTORY[4:6]), indent=2).encode())),
+        _write(d, "d.ndjson", jsonl([envelope(HISTORY[6:7]), HISTORY[7]])),
+    ],
+    "empty-file-and-jsonl": lambda d: [_write(d, "empty.jsonl", b""), _write(d, "h.jsonl", jsonl(HISTORY))],
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_input_form_gives_the_same_graph_and_counts(graph: IdentityGraph, tmp_path: Path, form: str) -> None:
+    paths = FORMS[form](tmp_path)
+    summary = import_events(graph, paths)
+    assert summary.issues == []
+    assert profiles(graph) == EXPECTED
+    assert counts(summary) == EXPECTED_COUNTS
+
+
+def test_leading_blank_lines_in_json_lines_are_skipped(graph: IdentityGraph, tmp_path: Path) -> None:
+    path = _write(tmp_path, "h.jsonl", b"\n\n" + jsonl(HISTORY))
+    summary = import_events(graph, [path])
+    assert summary.issues == []
+    assert counts(summary) == EXPECTED_COUNTS
+    assert profiles(graph) == EXPECTED
+
+
+def test_stdin_is_read_for_a_dash(graph: IdentityGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(gzip.compress(jsonl(HISTORY)))))
+    summary = import_events(graph, ["-"])
+    assert summary.files == 1
+    assert counts(summary) == EXPECTED_COUNTS
+    assert profiles(graph) == EXPECTED
+
+
+def test_files_counts_every_file_read(graph: IdentityGraph, tmp_path: Path) -> None:
+    assert import_events(graph, FORMS["mixed-files"](tmp_path)).files == 5
+    assert import_events(graph, _folder(tmp_path / "f")).files == 4
+
+
+def test_an_empty_file_imports_nothing(graph: IdentityGraph, tmp_path: Path) -> None:
+    summary = import_events(graph, [_write(tmp_path, "e.jsonl", b"")])
+    assert (summary.files, summary.events, summary.applied) == (1, 0, 0)
+    assert list(graph.identities()) == []
+
+
+def test_an_envelope_event_without_message_id_is_hashed_with_its_merged_context(
+    graph: IdentityGraph, tmp_path: Path
+) -> None:
+    bare = [{k: v for k, v in e.items() if k != "messageId"} for e in HISTORY[:2]]
+    env = {"batch": bare, "context": {"ip": "192.0.2.1"}}
+    import_events(graph, [_write(tmp_path, "env.json", json.dumps(env, indent=2).encode())])
+    merged = [{**e, "context": {"ip": "192.0.2.1"}} for e in bare]
+    again = import_events(graph, [_write(tmp_path, "merged.jsonl", jsonl(merged))])
+    assert (again.duplicates, again.applied) == (2, 0)
+    unmerged = import_events(graph, [_write(tmp_path, "bare.jsonl", jsonl(bare))])
+    assert (unmerged.duplicates, unmerged.applied) == (0, 2)
+
+
+def test_folder_files_are_imported_in_sorted_order(graph: IdentityGraph, tmp_path: Path) -> None:
+    # The same messageId in two files: the first file read wins (rule 9).
+    root = tmp_path / "exports"
+    _write(root, "b.jsonl", jsonl([identify(1, "same", user="from-b", anon="a1")]))
+    _write(root, "a/x.jsonl", jsonl([identify(1, "same", user="from-a-x", anon="a1")]))
+    _write(root, "0.jsonl", jsonl([{"type": "identify"}]))
+    _write(root, "c.jsonl", jsonl([{"type": "identify"}]))
+    summary = import_events(graph, [root])
+    assert graph.resolve("a1") == "from-a-x"
+    assert [Path(i.location.source).name for i in summary.issues] == ["0.jsonl", "c.jsonl"]
+
+
+# -- exact counts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 10_000])
+def test_summary_counts_of_a_small_history(graph: IdentityGraph, tmp_path: Path, batch_size: int) -> None:
+    summary = import_events(graph, [_write(tmp_path, "h.jsonl", jsonl(HISTORY))], batch_size=batch_size)
+    assert counts(summary) == EXPECTED_COUNTS
+    assert summary.replayed_events == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 10_000])
+def test_duplicates_within_a_file_and_across_files_are_counted_and_the_first_wins(
+    graph: IdentityGraph, tmp_path: Path, batch_size: int
+) -> None:
+    a = _write(tmp_path, "a.jsonl", jsonl([
+        identify(1, "m1", user="u1", anon="a1"),
+        identify(2, "m2", user="u2", anon="a2"),
+        identify(1, "m1", user="u9", anon="a9"),        # same messageId, other body: ignored
+    ]))
+    b = _write(tmp_path, "b.jsonl", jsonl([identify(3, "m2", user="u1", anon="a2"), identify(4, "m3", user="u3")]))
+    summary = import_events(graph, [a, b], batch_size=batch_size)
+    assert (summary.events, summary.applied, summary.duplicates, summary.new_ids) == (5, 3, 2, 5)
+    assert profiles(graph) == {P("u1", "a1"), P("u2", "a2"), P("u3")}
+
+
+def test_invalid_events_are_counted_with_the_events_read_and_kept_in_issues(graph: IdentityGraph, tmp_path: Path) -> None:
+    path = _write(tmp_path, "h.jsonl", jsonl([
+        HISTORY[0],
+        {"type": "identify"},
+        {"type": "login", "userId": "u1"},
+        ["not", "an", "object"],
+        {"type": "identify", "userId": True},
+        HISTORY[1],
+    ]) + b"{broken\n")
+    summary = import_events(graph, [path])
+    assert (summary.events, summary.applied, summary.invalid) == (7, 2, 5)
+    assert [(i.location.line, i.reason) for i in summary.issues[:4]] == [
+        (2, "userId: the event has neither a userId nor an anonymousId"),
+        (3, "type: 'login' is not one of alias, group, identify, page, screen, track"),
+        (4, "event: must be a JSON object, not an array"),
+        (5, "userId: must be a string or an integer, not a boolean"),
+    ]
+    assert summary.issues[4].location.line == 7
+    assert summary.issues[4].reason.startswith("invalid JSON (")
+    assert summary.issues[4].raw == b"{broken"
+
+
+def test_on_issue_receives_every_issue_instead_of_the_summary(graph: IdentityGraph, tmp_path: Path) -> None:
+    path = _write(tmp_path, "h.jsonl", jsonl([{"type": "identify"}, HISTORY[0], {"type": "track", "userId": "u"}]))
+    seen: list[ImportIssue] = []
+    summary = import_events(graph, [path], on_issue=seen.append)
+    assert summary.issues == []
+    assert [str(i) for i in seen] == [
+        f"{path}:1: userId: the event has neither a userId nor an anonymousId",
+        f"{path}:3: event: a track event needs an \"event\" name",
+    ]
+
+
+def test_issue_locations_in_arrays_and_envelopes(graph: IdentityGraph, tmp_path: Path) -> None:
+    arr = _write(tmp_path, "a.json", json.dumps([HISTORY[0], {"type": "identify"}], indent=2).encode())
+    env = _write(tmp_path, "e.jsonl", jsonl([HISTORY[1], {"batch": [HISTORY[2], {"type": "nope", "userId": "x"}]}]))
+    summary = import_events(graph, [arr, env])
+    assert [i.to_dict() for i in summary.issues] == [
+        {"file": str(arr), "line": None, "item": 1,
+         "reason": "userId: the event has neither a userId nor an anonymousId", "raw": '{"type":"identify"}'},
+        {"file": str(env), "line": 2, "item": 1,
+         "reason": "type: 'nope' is not one of alias, group, identify, page, screen, track",
+         "raw": '{"type":"nope","userId":"x"}'},
+    ]
+
+
+def test_a_refused_link_is_counted_by_reason(make_graph: Callable[..., IdentityGraph], tmp_path: Path) -> None:
+    graph = make_graph(MergeRules(max_profile_ids=2))
+    path = _write(tmp_path, "h.jsonl", jsonl([
+        identify(1, "m1", user="u1", anon="a1"),
+        identify(2, "m2", user="u1", anon="a2"),      # profile would hold 3: size_cap
+        identify(3, "m3", user="u2", anon="a1"),      # a1's profile holds u1: known_id
+        identify(4, "m4", user="u3", anon="a1"),      # known_id
+    ]))
+    summary = import_events(graph, [path])
+    assert dict(summary.links_refused) == {"known_id": 2, "size_cap": 1}
+    assert (summary.links_merged, summary.links_refused_total) == (1, 3)
+    assert profiles(graph) == {P("u1", "a1"), P("a2"), P("u2"), P("u3")}
+
+
+def _old_graph(graph: IdentityGraph, tmp_path: Path) -> None:
+    import_events(graph, [_write(tmp_path, "old.jsonl", jsonl([
+        identify(1, "o1", user="u1", anon="a1"), identify(2, "o2", user="u9"), identify(3, "o3", user="u8")]))])
+
+
+def test_new_ids_count_only_ids_this_import_created(graph: IdentityGraph, tmp_path: Path) -> None:
+    _old_graph(graph, tmp_path)
+    summary = import_events(graph, [_write(tmp_path, "new.jsonl", jsonl([
+        identify(10, "n1", user="u1", anon="a5"),   # one new ID (a5)
+        identify(11, "n2", user="u7", anon="a7"),   # two new IDs
+        identify(12, "n3", user="u9", anon="a1"),   # refused (known_id): nothing new
+    ]))])
+    assert summary.new_ids == 3
+
+
+def test_profiles_touched_count_only_profiles_this_import_created_or_changed(graph: IdentityGraph, tmp_path: Path) -> None:
+    _old_graph(graph, tmp_path)
+    summary = import_events(graph, [_write(tmp_path, "new.jsonl", jsonl([
+        identify(10, "n1", user="u1", anon="a5"),   # changes u1's profile
+        identify(11, "n2", user="u7", anon="a7"),   # creates one profile
+    ]))])
+    assert summary.profiles_touched == 2
+
+
+def test_an_event_that_changes_no_profile_does_not_count_it_as_touched(graph: IdentityGraph, tmp_path: Path) -> None:
+    # results.IngestSummary.touched_profiles: "Profiles created or changed, and still there".
+    _old_graph(graph, tmp_path)
+    before = list(graph.identities()), stored_links(graph)
+    summary = import_events(graph, [_write(tmp_path, "new.jsonl", jsonl([
+        ev("track", 12, "n3", userId="u8"),         # u8 is known since o3: no link, nothing to change
+    ]))])
+    assert (list(graph.identities()), stored_links(graph)) == before
+    assert (summary.applied, summary.new_ids) == (1, 0)
+    assert summary.profiles_touched == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_profile_absorbed_by_a_later_merge_is_not_counted_as_touched(
+    graph: IdentityGraph, tmp_path: Path, batch_size: int
+) -> None:
+    path = _write(tmp_path, "h.jsonl", jsonl([
+        identify(1, "m1", user="u1", anon="a1"),
+        identify(2, "m2", user="u2", anon="a2"),
+        alias(3, "m3", "u2", "u1"),
+    ]))
+    summary = import_events(graph, [path], batch_size=batch_size)
+    assert (summary.profiles_touched, summary.new_ids, summary.links_merged) == (1, 4, 3)
+    assert profiles(graph) == {P("u1", "a1", "u2", "a2")}
+
+
+def test_a_late_event_in_a_later_batch_is_replayed_in_event_time_order(graph: IdentityGraph, tmp_path: Path) -> None:
+    path = _write(tmp_path, "h.jsonl", jsonl([
+        identify(10, "m1", user="u1", anon="a1"),
+        identify(5, "m2", user="u2", anon="a1"),  # earlier: a1 joins u2 first; u1 is refused
+    ]))
+    summary = import_events(graph, [path], batch_size=1)
+    assert summary.replayed_events == 1
+    assert profiles(graph) == {P("u2", "a1"), P("u1")}
+
+
+@pytest.mark.parametrize("blocked_twice", [False, True])
+def test_summary_counts_do_not_depend_on_the_batch_size(tmp_path: Path, blocked_twice: bool) -> None:
+    # Redeliveries of m1 and m4 and, in one case, of the blocked event m8.
+    history = HISTORY + [HISTORY[0], HISTORY[3]] + ([HISTORY[7]] if blocked_twice else [])
+    path = _write(tmp_path, "h.jsonl", jsonl(history))
+    got = {}
+    for size in (1, 10_000):
+        with IdentityGraph(f"sqlite:///{tmp_path / f'g{size}.db'}") as g:
+            got[size] = counts(import_events(g, [path], batch_size=size))
+    assert got[1] == got[10_000]
+
+
+def test_a_missing_path_raises_before_anything_is_written(graph: IdentityGraph, tmp_path: Path) -> None:
+    good = _write(tmp_path, "h.jsonl", jsonl(HISTORY))
+    with pytest.raises(SourceError, match=r"nope\.jsonl: no such file or folder$"):
+        import_events(graph, [good, tmp_path / "nope.jsonl"])
+    assert list(graph.identities()) == []
+
+
+def test_batch_size_must_be_positive(graph: IdentityGraph, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        import_events(graph, [_write(tmp_path, "h.jsonl", jsonl(HISTORY))], batch_size=0)
+
+
+# -- strict ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 10_000])
+def test_strict_stops_at_the_first_invalid_event_after_committing_the_ones_before(
+    graph: IdentityGraph, tmp_path: Path, batch_size: int
+) -> None:
+    path = _write(tmp_path, "h.jsonl", jsonl(HISTORY[:5] + [{"type": "identify"}] + HISTORY[5:]))
+    with pytest.raises(StrictImportStopped) as info:
+        import_events(graph, [path], strict=True, batch_size=batch_size)
+    stop = info.value
+    assert str(stop) == f"{path}:6: userId: the event has neither a userId nor an anonymousId"
+    assert (stop.summary.events, stop.summary.applied, stop.summary.invalid) == (6, 5, 1)
+    assert profiles(graph) == {P("u1", "a1", "e@x", "a2"), P("u2")}  # a3 (line 7) never came
+
+
+def test_strict_import_of_a_clean_file_completes(graph: IdentityGraph, tmp_path: Path) -> None:
+    summary = import_events(graph, [_write(tmp_path, "h.jsonl", jsonl(HISTORY))], strict=True)
+    assert counts(summary) == EXPECTED_COUNTS
+
+
+# -- re-running --------------------------------------------------------------------------
+
+
+def _snapshot(graph: IdentityGraph) -> tuple[Any, ...]:
+    s = graph.stats()
+    return (list(graph.identities()), stored_links(graph), s.ids, s.known_ids, s.profiles, s.events,
+            s.links_merged, s.links_together, s.links_refused)
+
+
+@pytest.mark.parametrize("batch_size", [3, 10_000])
+def test_re_running_an_import_changes_nothing(graph: IdentityGraph, tmp_path: Path, batch_size: int) -> None:
+    paths = FORMS["mixed-files"](tmp_path)
+    import_events(graph, paths, batch_size=batch_size)
+    before = _snapshot(graph)
+    again = import_events(graph, paths, batch_size=batch_size)
+    assert _snapshot(graph) == before
+    assert counts(again) == {
+        "events": 8, "applied": 0, "duplicates": 8, "invalid": 0, "blocked": 0,
+        "links_merged": 0, "links_together": 0, "links_refused": {}, "new_ids": 0, "profiles_touched": 0,
+    }
+
+
+def test_re_running_events_without_message_ids_or_times_changes_nothing(graph: IdentityGraph, tmp_path: Path) -> None:
+    bare = [{k: v for k, v in e.items() if k not in ("messageId", "timestamp")} for e in HISTORY]
+    path = _write(tmp_path, "bare.jsonl", jsonl(bare))
+    import_events(graph, [path])
+    before = _snapshot(graph)
+    again = import_events(graph, [path])
+    assert (again.events, again.applied, again.duplicates, again.blocked) == (8, 0, 8, 0)
+    assert _snapshot(graph) == before
+
+
+# -- bulk path vs one by one -------------------------------------------------------------
+
+
+def collision_history(seed: int, n: int) -> list[dict[str, Any]]:
+    """Few users and devices, alias chains, shared devices, junk and integer IDs, tied
+    times, events without messageId, and identical redeliveries."""
+    rng = random.Random(seed)
+    users: list[Any] = [f"u{i}" for i in range(60)] + [7, 8, "null", ""]
+    devices: list[Any] = [f"d{i}" for i in range(90)] + ["undefined", "0"]
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        t = rng.randrange(0, 900)
+        msg = f"m{i:05d}"
+        kind = rng.random()
+        if kind < 0.4:
+            e = identify(t, msg, user=rng.choice(users), anon=rng.choice(devices))
+        elif kind < 0.6:
+            e = alias(t, msg, rng.choice(users + devices), rng.choice(users))
+        elif kind < 0.75:
+            e = ev("track", t, msg, userId=rng.choice(users))
+        elif kind < 0.9:
+            e = ev(rng.choice(["page", "screen", "group"]), t, msg, anonymousId=rng.choice(devices),
+                   userId=rng.choice(users))
+        else:
+            e = ev("page", t, msg, anonymousId=rng.choice(devices))
+        if rng.random() < 0.05:
+            del e["messageId"]
+        out.append(e)
+        if rng.random() < 0.05:
+            out.append(dict(e))  # an identical redelivery
+    return out
+
+
+def realistic_history(n: int) -> list[dict[str, Any]]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.generate import generate_events
+
+    return list(generate_events(n, seed=11))
+
+
+HISTORIES: dict[str, tuple[Callable[[], list[dict[str, Any]]], MergeRules]] = {
+    "collisions": (lambda: collision_history(5, 400), MergeRules(max_profile_ids=12)),
+    "realistic": (lambda: realistic_history(700), MergeRules()),
+}
+
+
+class Backend:
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name, self.tmp, self.n = name, tmp, 0
+        self.pg = PostgresSchemas(postgres_base_url()) if name == "postgresql" else None  # type: ignore[arg-type]
+        self.references: dict[str, tuple[dict[str, str], set[tuple[Any, ...]]]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
+
+    def new_url(self) -> str:
+        if self.pg is not None:
+            return self.pg.new_url()
+        self.n += 1
+        return f"sqlite:///{self.tmp / f'g{self.n}.db'}"
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        if name not in self.events:
+            self.events[name] = HISTORIES[name][0]()
+        return self.events[name]
+
+    def reference(self, name: str) -> tuple[dict[str, str], set[tuple[Any, ...]]]:
+        """The graph of ``name`` ingested one event at a time, in a shuffled order."""
+        if name not in self.references:
+            events = list(self.history(name))
+            random.Random(99).shuffle(events)
+            with IdentityGraph(self.new_url(), rules=HISTORIES[name][1]) as g:
+                for e in events:
+                    g.ingest(e)
+                self.references[name] = (dict(g.identities()), stored_links(g))
+        return self.references[name]
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    b = Backend(request.param, tmp_path_factory.mktemp(request.param))
+    yield b
+    if b.pg is not None:
+        b.pg.drop_all()
+
+
+def _bulk(backend: Backend, name: str, batch_size: int, tmp_path: Path) -> IdentityGraph:
+    events = backend.history(name)
+    # The file also holds invalid lines: skipped, they must change nothing.
+    lines = jsonl(events[: len(events) // 2]) + b"{not json\n" + jsonl([{"type": "identify"}]) + jsonl(events[len(events) // 2:])
+    path = _write(tmp_path, "history.jsonl.gz", gzip.compress(lines))
+    g = IdentityGraph(backend.new_url(), rules=HISTORIES[name][1])
+    summary = import_events(g, [path], batch_size=batch_size)
+    assert summary.invalid == 2
+    return g
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("history", list(HISTORIES))
+def test_bulk_import_gives_the_map_of_one_by_one_ingestion_in_any_order(
+    backend: Backend, history: str, batch_size: int, tmp_path: Path
+) -> None:
+    with _bulk(backend, history, batch_size, tmp_path) as g:
+        got = dict(g.identities())
+    expected = backend.reference(history)[0]
+    assert len(expected) > 100
+    assert got == expected
+
+
+@pytest.mark.parametrize("batch_size", [7, 10_000])
+@pytest.mark.parametrize("history", list(HISTORIES))
+def test_bulk_import_stores_the_link_outcomes_of_one_by_one_ingestion(
+    backend: Backend, history: str, batch_size: int, tmp_path: Path
+) -> None:
+    with _bulk(backend, history, batch_size, tmp_path) as g:
+        got = stored_links(g)
+    assert got == backend.reference(history)[1]
