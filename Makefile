@@ -17,7 +17,7 @@ install: $(STAMP)
 # The main job on the embedded SQLite default (./identity-graph.db): resolve the sample
 # history, then look a person up. Running it again changes nothing (rule 9).
 demo: $(STAMP)
-	$(BIN)/identity-graph ingest examples/sample-history.jsonl
+	$(BIN)/identity-graph import examples/sample-history.jsonl
 	$(BIN)/identity-graph lookup jen@email.com
 
 test: $(STAMP)
