@@ -23,8 +23,8 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
-from .results import IngestResult, LinkResult
-from .rules import MergeRules, Outcome
+from .results import IngestResult, IngestSummary, LinkResult
+from .rules import MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
 from .store import StoredId, WriteTx
 
@@ -97,11 +97,16 @@ def apply_plans(
     plans: list[Plan],
     duplicates_seen: int = 0,
     counts: BatchCounts | None = None,
-) -> list[IngestResult]:
+    counts_only: bool = False,
+) -> list[IngestResult] | IngestSummary:
     """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order.
 
     ``duplicates_seen``: duplicates the caller already dropped, added to the graph's count.
     ``counts``, if given, is filled in (reset first: a retried transaction starts over).
+    ``counts_only``: return the results counted into an :class:`IngestSummary` instead of
+    one object per event (bulk paths need the counts only, and building the objects costs
+    more than counting). The caller folds it in after the commit, so a retried
+    transaction never counts twice.
     """
     counts = counts if counts is not None else BatchCounts()
     counts.new_ids, counts.touched, counts.absorbed = 0, set(), set()
@@ -118,6 +123,8 @@ def apply_plans(
         writer.run()
         outcomes, replayed = writer.outcomes, writer.replayed_messages
     cache.commit(tx)
+    if counts_only:
+        return _tally(plans, fresh_ids, outcomes, replayed)
     results = []
     for p in plans:
         mid = p.event.message_id
@@ -130,6 +137,33 @@ def apply_plans(
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
         results.append(IngestResult(mid, "applied", links, mid in replayed))
     return results
+
+
+def _tally(
+    plans: list[Plan],
+    fresh_ids: set[str],
+    outcomes: dict[tuple[str, int], tuple[Outcome, str | None]],
+    replayed: set[str],
+) -> IngestSummary:
+    summary = IngestSummary()
+    for p in plans:
+        mid = p.event.message_id
+        if mid not in fresh_ids:
+            summary.duplicates += 1
+        elif not p.ids:
+            summary.blocked += 1
+        else:
+            summary.applied += 1
+            for link in p.links:
+                outcome, reason = outcomes[(mid, link.seq)]
+                if outcome == MERGED:
+                    summary.links_merged += 1
+                elif outcome == TOGETHER:
+                    summary.links_together += 1
+                else:
+                    summary.links_refused[reason] += 1
+    summary.replayed_events += len(replayed)
+    return summary
 
 
 class _BatchWriter:
@@ -196,8 +230,11 @@ class _BatchWriter:
 
     def _late_cluster(self, known_at: Mapping[str, Key]) -> set[str]:
         seeds: set[str] = set()
+        latest = max((s.last for s in self.stored.values()), default=NO_KEY)
         for p in self.plans:
             key = p.event.key
+            if key > latest:
+                break  # plans are sorted: no later one can be older than a stored profile
             affected = [i for l in p.links for i in (l.source, l.target)]
             if self._marks_known(p, known_at):
                 affected.append(p.user)  # type: ignore[arg-type]

@@ -128,36 +128,56 @@ class IdentityGraph:
         return summary
 
     def _ingest_batch(self, events: list[Event], summary: IngestSummary) -> None:
-        counts = BatchCounts()
-        results = self.apply_events(events, counts)
-        summary.add_batch(results, counts.new_ids, counts.touched, counts.absorbed)
+        self.apply_counted(events, summary)
 
     def apply_events(self, events: list[Event], counts: BatchCounts | None = None) -> list[IngestResult]:
         """Apply already-validated events in one transaction; one result per event, in order.
 
-        The bulk entry point for importers: events are deduplicated by messageId (the
-        first wins, within the list and against the graph). ``counts`` receives the new
-        IDs and the profiles written.
+        Events are deduplicated by messageId (the first wins, within the list and against
+        the graph). ``counts`` receives the new IDs and the profiles written.
         """
         results: list[IngestResult | None] = [None] * len(events)
-        plans: list[Plan] = []
-        plan_slots: list[int] = []
-        seen: set[str] = set()
+        plans, slots, duplicates = self._plans(events)
         for slot, event in enumerate(events):
-            if event.message_id in seen:
+            if slot not in slots:
                 results[slot] = IngestResult(event.message_id, "duplicate")
-                continue
-            seen.add(event.message_id)
-            plans.append(plan_event(event, self.rules))
-            plan_slots.append(slot)
-        in_batch_duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
         if plans:
             applied = self._store.run_write(
-                lambda tx: apply_plans(tx, self.rules, self._cache, plans, in_batch_duplicates, counts)
+                lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts)
             )
-            for slot, result in zip(plan_slots, applied):
+            for slot, result in zip(slots, applied):  # type: ignore[arg-type]
                 results[slot] = result
         return results  # type: ignore[return-value]
+
+    def apply_counted(self, events: list[Event], summary: IngestSummary) -> None:
+        """Apply already-validated events in one transaction and count the results into ``summary``.
+
+        The bulk entry point (``ingest_many``, imports): like :meth:`apply_events`, without
+        an object per event. ``summary.events`` is left to the caller, who counts input.
+        """
+        plans, _, duplicates = self._plans(events)
+        counts = BatchCounts()
+        batch = IngestSummary(duplicates=duplicates)
+        if plans:
+            batch.merge(self._store.run_write(  # type: ignore[arg-type]
+                lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts, counts_only=True)
+            ))
+        summary.merge(batch)
+        summary.new_ids += counts.new_ids
+        summary.touched_profiles -= counts.absorbed
+        summary.touched_profiles |= counts.touched
+
+    def _plans(self, events: list[Event]) -> tuple[list[Plan], dict[int, None], int]:
+        """Plans of the events whose messageId is first in the list; their slots; the others' count."""
+        plans: list[Plan] = []
+        slots: dict[int, None] = {}
+        seen: set[str] = set()
+        for slot, event in enumerate(events):
+            if event.message_id not in seen:
+                seen.add(event.message_id)
+                plans.append(plan_event(event, self.rules))
+                slots[slot] = None
+        return plans, slots, len(events) - len(plans)
 
     def alias(self, previous_id: str, user_id: str, *, timestamp: datetime | None = None) -> IngestResult:
         """Ingest an ``alias`` event (now, with a new messageId) merging ``previous_id`` into ``user_id``.

@@ -89,13 +89,15 @@ class IngestSummary:
     def links_refused_total(self) -> int:
         return sum(self.links_refused.values())
 
-    def add_batch(self, results: "list[IngestResult]", new_ids: int, touched: set[int], absorbed: set[int]) -> None:
-        """Fold in one batch: its per-event results, the IDs it created, the profiles it wrote."""
-        for result in results:
-            self.add(result)
-        self.new_ids += new_ids
-        self.touched_profiles -= absorbed
-        self.touched_profiles |= touched
+    def merge(self, other: "IngestSummary") -> None:
+        """Add the event counts of ``other`` (a batch's) to these."""
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.blocked += other.blocked
+        self.links_merged += other.links_merged
+        self.links_together += other.links_together
+        self.links_refused.update(other.links_refused)
+        self.replayed_events += other.replayed_events
 
     def add(self, result: IngestResult) -> None:
         """Count one event's result (``events`` is counted by the caller, as input is read)."""

@@ -517,3 +517,55 @@ def test_bulk_import_stores_the_link_outcomes_of_one_by_one_ingestion(
     with _bulk(backend, history, batch_size, tmp_path) as g:
         got = stored_links(g)
     assert got == backend.reference(history)[1]
+
+
+# The parse worker (a child process reads and validates while the parent writes) -----------
+
+def _collision_history(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        t, msg = rng.randrange(0, 3000), f"m{i:05d}"
+        pick = rng.random()
+        if pick < 0.6:
+            out.append(identify(t, msg, user=f"u{rng.randrange(40)}", anon=f"d{rng.randrange(60)}"))
+        elif pick < 0.8:
+            out.append(alias(t, msg, f"d{rng.randrange(60)}", f"u{rng.randrange(40)}"))
+        else:
+            out.append(ev("page", t, msg, anonymousId=f"d{rng.randrange(60)}"))
+    return out
+
+
+def test_the_parse_worker_gives_the_same_graph_and_summary(make_graph: Callable[..., IdentityGraph],
+                                                           tmp_path: Path) -> None:
+    history = _collision_history(3000, 5)
+    path = _write(tmp_path, "h.jsonl", jsonl(history[:1500]) + b"not json\n" + jsonl(history[1500:]))
+    rules = MergeRules(max_profile_ids=8)
+    with IdentityGraph(f"sqlite:///{tmp_path / 'seq.db'}", rules=rules) as seq:
+        expected = import_events(seq, [path], batch_size=400, parallel=False)
+        expected_map = dict(seq.identities())
+    graph = make_graph(rules)
+    summary = import_events(graph, [path], batch_size=400, parallel=True)
+    assert counts(summary) == counts(expected)
+    assert [str(i) for i in summary.issues] == [str(i) for i in expected.issues] == [f"{path}:1501: " + expected.issues[0].reason]
+    assert dict(graph.identities()) == expected_map
+
+
+def test_the_parse_worker_stops_at_the_first_invalid_event_when_strict(graph: IdentityGraph, tmp_path: Path) -> None:
+    history = _collision_history(500, 6)
+    path = _write(tmp_path, "h.jsonl", jsonl(history[:300]) + b'{"type": "identify"}\n' + jsonl(history[300:]))
+    with pytest.raises(StrictImportStopped) as stop:
+        import_events(graph, [path], batch_size=64, strict=True, parallel=True)
+    assert str(stop.value) == f"{path}:301: userId: the event has neither a userId nor an anonymousId"
+    assert stop.value.summary.events == 301
+    with IdentityGraph("sqlite://") as reference:
+        reference.ingest_many(history[:300])
+        assert dict(graph.identities()) == dict(reference.identities())
+
+
+def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(graph: IdentityGraph, tmp_path: Path) -> None:
+    good = _write(tmp_path, "a.jsonl", jsonl(_collision_history(100, 7)))
+    bad = _write(tmp_path, "b.jsonl.gz", gzip.compress(jsonl(_collision_history(200, 8)))[:-40])
+    with pytest.raises(SourceError, match=rf"^{bad}: cannot read \("):
+        import_events(graph, [good, bad], batch_size=50, parallel=True)
+    assert graph.resolve("d1") is not None  # the first file's batches were committed
