@@ -7,13 +7,43 @@
 '507f191e81'
 """
 
-from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch, StoreError
-from .events import Event, parse_event
-from .graph import IdentityGraph
-from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
-from .rules import MergeRules
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Names load on first use (PEP 562): `identity-graph --version` or a lookup should not pay
+# for the write path's imports. `from identity_graph import X` works as usual.
+_EXPORTS = {
+    "DatabaseUnavailable": "errors", "IdentityGraphError": "errors", "InvalidEvent": "errors",
+    "RulesMismatch": "errors", "StoreError": "errors",
+    "Event": "events", "parse_event": "events",
+    "IdentityGraph": "graph",
+    "GraphStats": "results", "IngestResult": "results", "IngestSummary": "results",
+    "InvalidInput": "results", "LinkResult": "results", "Profile": "results",
+    "MergeRules": "rules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'identity_graph' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch, StoreError
+    from .events import Event, parse_event
+    from .graph import IdentityGraph
+    from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
+    from .rules import MergeRules
 
 __all__ = [
     "DatabaseUnavailable",

@@ -60,10 +60,10 @@ class _BadLine:
 
 
 @cli.command()
-@click.argument("file", type=click.File("rb"), default="-")
+@click.argument("path", metavar="[FILE|-]", default="-")
 @click.option("--verbose", "-v", is_flag=True, help="Print one result line per event.")
 @click.pass_context
-def ingest(ctx: click.Context, file: IO[bytes], verbose: bool) -> None:
+def ingest(ctx: click.Context, path: str, verbose: bool) -> None:
     """Ingest JSON-lines events one by one from FILE (or stdin), the live path.
 
     \b
@@ -72,8 +72,16 @@ def ingest(ctx: click.Context, file: IO[bytes], verbose: bool) -> None:
     """
     from .errors import InvalidEvent
 
+    if path == "-":
+        file: IO[bytes] = click.open_file("-", "rb")
+    else:
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed by the context below
+        except OSError as exc:
+            raise click.ClickException(f"{path}: cannot read ({exc.strerror})") from None
+        ctx.call_on_close(file.close)
     graph = _open(ctx)
-    name = getattr(file, "name", "-")
+    name = path
     counts = {"applied": 0, "duplicate": 0, "blocked": 0, "invalid": 0}
     for number, event in _read_json_lines(file, name):
         if isinstance(event, _BadLine):
@@ -180,8 +188,9 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
     click.echo(f"  new IDs {summary.new_ids:,}, profiles touched {summary.profiles_touched:,}")
 
 
-@cli.command()
-@click.argument("id_")
+# ignore_unknown_options: an ID may start with "-" ("-1", "-x9"); it is still an ID.
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("id_", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @click.pass_context
 def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
@@ -266,29 +275,37 @@ def identify(ctx: click.Context, user_id: str, anonymous_id: str) -> None:
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
               help="CSV (header id,canonical; RFC 4180 quoting) or JSON lines.")
-@click.option("--output", "-o", type=click.File("w", encoding="utf-8", lazy=True), default="-",
+@click.option("--output", "-o", type=click.File("wb", lazy=True), default="-",
               help="Write to FILE instead of stdout.")
 @click.pass_context
-def export(ctx: click.Context, fmt: str, output: IO[str]) -> None:
+def export(ctx: click.Context, fmt: str, output: IO[bytes]) -> None:
     """Stream the whole ID -> canonical map, sorted by ID, for warehouse joins.
 
     \b
     Example:
         identity-graph export --format csv --output id_map.csv
     """
+    import io
+
     graph = _open(ctx)
     rows = graph.identities()
-    if fmt == "csv":
-        import csv
+    # newline="": the bytes written are exactly the CSV's, CRLF and newlines inside IDs included.
+    text = io.TextIOWrapper(output, encoding="utf-8", newline="", write_through=False)
+    try:
+        if fmt == "csv":
+            import csv
 
-        writer = csv.writer(output, lineterminator="\r\n")  # RFC 4180 line ends
-        writer.writerow(("id", "canonical"))
-        writer.writerows(rows)
-    else:
-        import json
+            writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180 line ends
+            writer.writerow(("id", "canonical"))
+            writer.writerows(rows)
+        else:
+            import json
 
-        for id_, canonical in rows:
-            output.write(json.dumps({"id": id_, "canonical": canonical}, ensure_ascii=False) + "\n")
+            for id_, canonical in rows:
+                text.write(json.dumps({"id": id_, "canonical": canonical}, ensure_ascii=False) + "\n")
+        text.flush()
+    finally:
+        text.detach()  # leave closing the underlying stream to click
 
 
 @cli.command()

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-from .batch import BatchCounts, Plan, apply_plans, gc_paused, plan_event
 from .cache import StateCache
-from .errors import InvalidEvent, RulesMismatch
-from .events import Event, parse_event, time_to_datetime
+from .errors import RulesMismatch
 from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
 from .rules import MergeRules
 from .store import Store
+
+# The write path (batch, resolver, events and orjson) is imported by the methods that
+# write: a process that only looks IDs up -- every `identity-graph lookup` -- skips it.
+if TYPE_CHECKING:
+    from .batch import BatchCounts, Plan
+    from .events import Event
 
 DEFAULT_BATCH_SIZE = 2000
 
@@ -87,6 +91,9 @@ class IdentityGraph:
         ...     g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"})
         IngestResult(message_id='m1', status='applied', links=(LinkResult(source='a1', target='u1', kind='implicit', outcome='merged', reason=None),), replayed=False)
         """
+        from .batch import apply_plans, plan_event
+        from .events import parse_event
+
         plan = plan_event(parse_event(event), self.rules)
         return self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, [plan]))[0]
 
@@ -108,6 +115,10 @@ class IdentityGraph:
         >>> s.applied, s.invalid, str(s.errors[0])
         (1, 1, 'event 1: userId: the event has neither a userId nor an anonymousId')
         """
+        from .batch import gc_paused
+        from .errors import InvalidEvent
+        from .events import parse_event
+
         summary = IngestSummary()
         report = on_invalid or summary.errors.append
         batch: list[Event] = []
@@ -136,6 +147,8 @@ class IdentityGraph:
         Events are deduplicated by messageId (the first wins, within the list and against
         the graph). ``counts`` receives the new IDs and the profiles written.
         """
+        from .batch import apply_plans
+
         results: list[IngestResult | None] = [None] * len(events)
         plans, slots, duplicates = self._plans(events)
         for slot, event in enumerate(events):
@@ -155,6 +168,8 @@ class IdentityGraph:
         The bulk entry point (``ingest_many``, imports): like :meth:`apply_events`, without
         an object per event. ``summary.events`` is left to the caller, who counts input.
         """
+        from .batch import BatchCounts, apply_plans
+
         plans, _, duplicates = self._plans(events)
         counts = BatchCounts()
         batch = IngestSummary(duplicates=duplicates)
@@ -169,6 +184,8 @@ class IdentityGraph:
 
     def _plans(self, events: list[Event]) -> tuple[list[Plan], dict[int, None], int]:
         """Plans of the events whose messageId is first in the list; their slots; the others' count."""
+        from .batch import plan_event
+
         plans: list[Plan] = []
         slots: dict[int, None] = {}
         seen: set[str] = set()
@@ -236,6 +253,8 @@ class IdentityGraph:
         >>> s.ids, s.known_ids, s.profiles, s.links_merged
         (2, 1, 1, 1)
         """
+        from .events import time_to_datetime
+
         raw = self._store.stats()
         refused: dict[str, int] = {}
         merged = together = 0
