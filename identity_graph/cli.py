@@ -204,7 +204,7 @@ def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
     profile = graph.profile(id_)
     if profile is None:
         if graph.rules.is_blocked(id_):
-            raise click.ClickException(f"{id_!r} is a blocked value, never an ID (see the rules)")
+            raise click.ClickException(_blocked_reason(id_))
         raise click.ClickException(f"unknown ID {id_!r}")
     ids = sorted(profile.ids)
     if as_json:
@@ -217,11 +217,19 @@ def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
         click.echo(f"{member} *" if member == profile.canonical else member)
 
 
-def _describe(graph: Any, result: Any) -> list[str]:
+def _blocked_reason(value: str) -> str:
+    """Why the rules never take ``value`` as an ID (rule 2)."""
+    if not value.strip():
+        return f"{value!r} is blank, never an ID"
+    return f"{value!r} is a blocked value, never an ID (a placeholder clients send; see `identity-graph rules`)"
+
+
+def _describe(graph: Any, result: Any, values: tuple[str, ...]) -> list[str]:
     from .rules import REASONS
 
+    blocked = [_blocked_reason(v) for v in dict.fromkeys(values) if graph.rules.is_blocked(v)]
     if result.status != "applied":
-        return [f"{result.status}: nothing changed"]
+        return [f"{result.status}: nothing changed"] + blocked
     lines = []
     for link in result.links:
         head = f"{link.source} -> {link.target}"
@@ -231,7 +239,9 @@ def _describe(graph: Any, result: Any) -> list[str]:
             lines.append(f"{head}: already together in {graph.resolve(link.target)}")
         else:
             lines.append(f"{head}: refused, {REASONS.get(link.reason, link.reason)} ({link.reason})")
-    return lines or ["applied: no link (blocked or identical IDs)"]
+    if not lines:
+        lines = ["applied: no link (the two IDs are the same)" if not blocked else "applied: no link"]
+    return lines + blocked
 
 
 def _ingest_one(ctx: click.Context, call: str, *args: str) -> None:
@@ -240,7 +250,7 @@ def _ingest_one(ctx: click.Context, call: str, *args: str) -> None:
         result = getattr(graph, call)(*args)
     except IdentityGraphError as exc:
         raise click.ClickException(str(exc)) from None
-    for line in _describe(graph, result):
+    for line in _describe(graph, result, args):
         click.echo(line)
 
 

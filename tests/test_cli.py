@@ -39,7 +39,12 @@ SAMPLE_GRAPH = {
 }
 JEN = "507f191e81\n507f191e81 *\nanon-family-ipad\nanon-laptop-7f3a\nanon-phone-19c2\njen@email.com\n"
 COMMANDS = ["alias", "export", "identify", "import", "ingest", "lookup", "rules", "stats"]
-NO_LINK = "applied: no link (blocked or identical IDs)\n"
+SAME_ID = "applied: no link (the two IDs are the same)\n"
+BLOCKED_WHY = "is a blocked value, never an ID (a placeholder clients send; see `identity-graph rules`)"
+
+
+def blocked_line(value: str) -> str:
+    return f"{value!r} is blank, never an ID" if not value.strip() else f"{value!r} {BLOCKED_WHY}"
 KNOWN_ID = "refused, the anonymous ID's profile already holds a known user ID (known_id)"
 SIZE_CAP = "refused, the merged profile would hold more than max_profile_ids IDs (size_cap)"
 UNREACHABLE = "postgresql+psycopg://nobody:s3cret-pw@127.0.0.1:1/x?connect_timeout=2"
@@ -245,14 +250,13 @@ def test_lookup_on_an_empty_graph_exits_1(graph_url: str) -> None:
 def test_lookup_of_a_blocked_value_says_it_is_blocked(graph_url: str, value: str) -> None:
     seed(graph_url)
     # "--": "-1" would otherwise be read as an option.
-    assert failed(invoke(graph_url, "lookup", "--", value)) == (
-        f"Error: {value!r} is a blocked value, never an ID (see the rules)\n")
+    assert failed(invoke(graph_url, "lookup", "--", value)) == f"Error: {blocked_line(value)}\n"
 
 
 def test_lookup_of_a_value_blocked_by_the_graphs_own_rules(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
     seed(url, [identify(1, "m1", user="u1", anon="N/A")], rules=MergeRules(blocked_values=frozenset({"n/a"})))
-    assert failed(invoke(url, "lookup", "n/A")) == "Error: 'n/A' is a blocked value, never an ID (see the rules)\n"
+    assert failed(invoke(url, "lookup", "n/A")) == f"Error: 'n/A' {BLOCKED_WHY}\n"
     # ... and a default blocked value is an ordinary ID in that graph.
     seed(url, [ev("track", 2, "m2", userId="undefined")])
     assert ok(invoke(url, "lookup", "undefined")) == "undefined\nundefined *\n"
@@ -334,9 +338,10 @@ def test_alias_events_are_timestamped_now_with_a_new_message_id_each(graph_url: 
 
 
 def test_alias_to_itself_or_with_a_blocked_value_links_nothing(graph_url: str) -> None:
-    assert ok(invoke(graph_url, "alias", "a", "a")) == NO_LINK
-    assert ok(invoke(graph_url, "alias", "undefined", "u1")) == NO_LINK
-    assert ok(invoke(graph_url, "alias", "null", " ")) == "blocked: nothing changed\n"
+    assert ok(invoke(graph_url, "alias", "a", "a")) == SAME_ID
+    assert ok(invoke(graph_url, "alias", "undefined", "u1")) == f"applied: no link\n{blocked_line('undefined')}\n"
+    assert ok(invoke(graph_url, "alias", "null", " ")) == (
+        f"blocked: nothing changed\n{blocked_line('null')}\n{blocked_line(' ')}\n")
     with IdentityGraph(graph_url) as g:
         assert profiles(g) == {P("a"), P("u1")}
         assert g.stats().known_ids == 2
@@ -374,8 +379,9 @@ def test_identify_into_an_existing_profile_names_its_canonical(graph_url: str) -
 
 
 def test_identify_with_a_blocked_anonymous_id_only_makes_the_user_known(graph_url: str) -> None:
-    assert ok(invoke(graph_url, "identify", "u1", "undefined")) == NO_LINK
-    assert ok(invoke(graph_url, "identify", "null", "")) == "blocked: nothing changed\n"
+    assert ok(invoke(graph_url, "identify", "u1", "undefined")) == f"applied: no link\n{blocked_line('undefined')}\n"
+    assert ok(invoke(graph_url, "identify", "null", "")) == (
+        f"blocked: nothing changed\n{blocked_line('null')}\n{blocked_line('')}\n")
     with IdentityGraph(graph_url) as g:
         assert profiles(g) == {P("u1")}
         assert (g.stats().known_ids, g.stats().events) == (1, 2)
@@ -798,7 +804,7 @@ def test_process_exit_codes(kind: str, tmp_path: Path) -> None:
     proc = run_process(kind, ["--db", url, "lookup", "nobody"], tmp_path)
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, b"", b"Error: unknown ID 'nobody'\n")
     proc = run_process(kind, ["--db", url, "lookup", "null"], tmp_path)
-    assert (proc.returncode, proc.stderr) == (1, b"Error: 'null' is a blocked value, never an ID (see the rules)\n")
+    assert (proc.returncode, proc.stderr) == (1, f"Error: 'null' {BLOCKED_WHY}\n".encode())
     proc = run_process(kind, ["--db", url, "lookup"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith(b"Usage: identity-graph lookup ")
