@@ -129,7 +129,7 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
     Example:
         identity-graph --db sqlite:///graph.db import exports/2024-05/ --errors rejected.jsonl
     """
-    from .importer import StrictImportStopped, import_events
+    from .importer import StrictImportStopped, import_events, parallel_pays_off
     from .readers import SourceError
 
     graph = _open(ctx)
@@ -159,7 +159,8 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
     show_progress = not quiet and sys.stderr.isatty() and "-" not in paths
     try:
         summary = import_events(graph, paths, batch_size=batch_size, strict=strict, on_issue=on_issue,
-                                on_progress=on_progress if show_progress else None)
+                                on_progress=on_progress if show_progress else None,
+                                parallel=parallel_pays_off(paths))
     except StrictImportStopped as stop:
         raise click.ClickException(
             f"{stop.issue} (--strict: stopped here; the {stop.summary.applied:,} events before it were imported)"

@@ -162,11 +162,13 @@ class IdentityGraph:
                 results[slot] = result
         return results  # type: ignore[return-value]
 
-    def apply_counted(self, events: list[Event], summary: IngestSummary) -> None:
+    def apply_counted(self, events: list[Event] | list[Plan], summary: IngestSummary) -> None:
         """Apply already-validated events in one transaction and count the results into ``summary``.
 
         The bulk entry point (``ingest_many``, imports): like :meth:`apply_events`, without
         an object per event. ``summary.events`` is left to the caller, who counts input.
+        ``events`` may also be :class:`~identity_graph.batch.Plan`s made under this graph's
+        rules (an import's parse worker makes them).
         """
         from .batch import BatchCounts, apply_plans
 
@@ -182,17 +184,19 @@ class IdentityGraph:
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched
 
-    def _plans(self, events: list[Event]) -> tuple[list[Plan], dict[int, None], int]:
+    def _plans(self, events: list[Event] | list[Plan]) -> tuple[list[Plan], dict[int, None], int]:
         """Plans of the events whose messageId is first in the list; their slots; the others' count."""
-        from .batch import plan_event
+        from .batch import Plan, plan_event
 
         plans: list[Plan] = []
         slots: dict[int, None] = {}
         seen: set[str] = set()
-        for slot, event in enumerate(events):
-            if event.message_id not in seen:
-                seen.add(event.message_id)
-                plans.append(plan_event(event, self.rules))
+        rules = self.rules
+        for slot, item in enumerate(events):
+            plan = item if type(item) is Plan else plan_event(item, rules)  # type: ignore[arg-type]
+            if plan.event.message_id not in seen:
+                seen.add(plan.event.message_id)
+                plans.append(plan)
                 slots[slot] = None
         return plans, slots, len(events) - len(plans)
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from .batch import gc_paused
+from .batch import Plan, gc_paused, plan_event
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, parse_event
 from .graph import IdentityGraph
+from .rules import MergeRules
 from .readers import Item, Location, Source, SourceError, expand_sources, raw_text, read_source
 from .results import IngestSummary
 
@@ -45,6 +46,22 @@ class ImportIssue:
             "file": loc.source, "line": loc.line, "item": loc.item, "reason": self.reason,
             "raw": self.raw.decode("utf-8", errors="replace"),
         }
+
+
+class ImportWorkerFailed(IdentityGraphError):
+    """The child process that reads and validates events died before the end of the input."""
+
+
+def parallel_pays_off(paths: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether a parse worker is worth spawning (~0.2 s) for these sources: a spare CPU
+    and more than ``PARALLEL_MIN_BYTES`` of files (never for stdin)."""
+    try:
+        sources = expand_sources(paths)
+    except SourceError:
+        return False  # import_events reports it
+    if (os.cpu_count() or 1) < 2 or any(s.size is None for s in sources):
+        return False
+    return sum(s.size or 0 for s in sources) >= PARALLEL_MIN_BYTES
 
 
 class StrictImportStopped(IdentityGraphError):
@@ -102,7 +119,7 @@ def import_events(
     strict: bool = False,
     on_issue: Callable[[ImportIssue], None] | None = None,
     on_progress: Callable[[ImportProgress], None] | None = None,
-    parallel: bool | None = None,
+    parallel: bool = False,
 ) -> ImportSummary:
     """Import every event of ``sources`` (files, folders, ``"-"`` for stdin) into ``graph``.
 
@@ -111,8 +128,11 @@ def import_events(
     :class:`StrictImportStopped` after committing the events before it. A missing path
     or unreadable file raises :class:`~identity_graph.readers.SourceError` before or while
     reading it; what was committed stays, and re-running completes the import.
-    ``parallel``: read and validate in a child process while this one writes (default:
-    when there is a spare CPU and more than ``PARALLEL_MIN_BYTES`` of files to read).
+    ``parallel``: read and validate in a child process while this one writes. Off by
+    default in the library: the child is *spawned*, which re-imports the calling script,
+    so a script must guard its top level with ``if __name__ == "__main__":`` (the
+    multiprocessing rule). The ``import`` command turns it on past ``PARALLEL_MIN_BYTES``
+    of input when there is a spare CPU.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -141,9 +161,6 @@ def import_events(
         if on_progress is not None:
             on_progress(ImportProgress(done, total, summary.events, time.perf_counter() - started))
 
-    # A worker only pays off past a few MB of input: spawning it costs ~0.2 s.
-    if parallel is None:
-        parallel = (os.cpu_count() or 1) > 1 and total is not None and total >= PARALLEL_MIN_BYTES
     with gc_paused():
         _import(graph, expanded, summary, batch_size, strict, report, progress, parallel)
     summary.elapsed = time.perf_counter() - started
@@ -163,8 +180,9 @@ def _import(
     parallel: bool,
 ) -> None:
     started = time.perf_counter()
-    batch: list[Event] = []
-    chunks = _parse_in_worker(expanded, batch_size) if parallel else _parse(expanded, batch_size)
+    batch: list[Plan] = []
+    rules = graph.rules
+    chunks = _parse_in_worker(expanded, batch_size, rules) if parallel else _parse(expanded, batch_size, rules)
     try:
         for items, consumed in chunks:
             for event in items:
@@ -187,8 +205,11 @@ def _import(
         chunks.close()
 
 
-def _parse(expanded: list[Source], chunk_size: int) -> Iterator[tuple[list[Event | ImportIssue], int]]:
-    """The sources' items, validated, in chunks of ``chunk_size``, with the input bytes each consumed."""
+def _parse(
+    expanded: list[Source], chunk_size: int, rules: MergeRules
+) -> Iterator[tuple[list[Plan | ImportIssue], int]]:
+    """The sources' items, validated and planned under ``rules``, in chunks of ``chunk_size``,
+    with the input bytes each chunk consumed."""
     consumed = [0]
 
     def count(n: int) -> None:
@@ -198,7 +219,8 @@ def _parse(expanded: list[Source], chunk_size: int) -> Iterator[tuple[list[Event
     now = datetime_to_time(datetime.now(timezone.utc))
     for source in expanded:
         for item in read_source(source, count):
-            chunk.append(_validate(item, now))
+            event = _validate(item, now)
+            chunk.append(event if type(event) is ImportIssue else plan_event(event, rules))  # type: ignore[arg-type]
             if len(chunk) >= chunk_size:
                 yield chunk, consumed[0]
                 chunk, consumed[0] = [], 0
@@ -213,17 +235,26 @@ def _parse(expanded: list[Source], chunk_size: int) -> Iterator[tuple[list[Event
 # parent has taken the previous one), so memory stays flat. The child is spawned, not
 # forked: it must not inherit this process's open database connections.
 
-def _parse_in_worker(expanded: list[Source], chunk_size: int) -> Iterator[tuple[list[Event | ImportIssue], int]]:
+def _parse_in_worker(
+    expanded: list[Source], chunk_size: int, rules: MergeRules
+) -> Iterator[tuple[list[Plan | ImportIssue], int]]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_worker_main, args=(sender, expanded, chunk_size), daemon=True)
+    worker = ctx.Process(target=_worker_main, args=(sender, expanded, chunk_size, rules), daemon=True)
     worker.start()
     sender.close()
     try:
         while True:
-            kind, payload = receiver.recv()
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                worker.join(5)
+                raise ImportWorkerFailed(
+                    f"the parse worker stopped unexpectedly (exit code {worker.exitcode}); "
+                    "run the import again without the worker (parallel=False) to see why"
+                ) from None
             if kind == "chunk":
                 yield payload
             elif kind == "error":
@@ -237,10 +268,10 @@ def _parse_in_worker(expanded: list[Source], chunk_size: int) -> Iterator[tuple[
         worker.join()
 
 
-def _worker_main(sender: Any, expanded: list[Source], chunk_size: int) -> None:
+def _worker_main(sender: Any, expanded: list[Source], chunk_size: int, rules: MergeRules) -> None:
     try:
         with gc_paused():
-            for chunk in _parse(expanded, chunk_size):
+            for chunk in _parse(expanded, chunk_size, rules):
                 sender.send(("chunk", chunk))
         sender.send(("done", None))
     except SourceError as exc:
@@ -260,7 +291,7 @@ def _validate(item: Item, now: int) -> Event | ImportIssue:
         return ImportIssue(item.location, str(exc), raw_text(item))
 
 
-def _flush(graph: IdentityGraph, batch: list[Event], summary: ImportSummary) -> None:
+def _flush(graph: IdentityGraph, batch: list[Plan], summary: ImportSummary) -> None:
     if not batch:
         return
     graph.apply_counted(batch, summary)

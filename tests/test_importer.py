@@ -569,3 +569,32 @@ def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(graph: Id
     with pytest.raises(SourceError, match=rf"^{bad}: cannot read \("):
         import_events(graph, [good, bad], batch_size=50, parallel=True)
     assert graph.resolve("d1") is not None  # the first file's batches were committed
+
+
+def test_the_import_command_uses_the_worker_only_when_it_pays_off(tmp_path: Path) -> None:
+    from identity_graph.importer import PARALLEL_MIN_BYTES, parallel_pays_off
+
+    small = _write(tmp_path, "small.jsonl", jsonl(HISTORY))
+    assert not parallel_pays_off([small]) and not parallel_pays_off(["-"])
+    assert not parallel_pays_off([tmp_path / "missing.jsonl"])
+    padding = "x" * 900
+    events = [dict(e, properties={"pad": padding}) for e in _collision_history(PARALLEL_MIN_BYTES // 900 + 500, 9)]
+    big = _write(tmp_path, "big.jsonl", jsonl(events))
+    assert parallel_pays_off([big]) == ((__import__("os").cpu_count() or 1) > 1)
+
+
+def test_a_large_import_through_the_command_equals_the_sequential_library_import(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from identity_graph.cli import cli
+
+    padding = "x" * 900
+    events = [dict(e, properties={"pad": padding}) for e in _collision_history(10_000, 10)]
+    big = _write(tmp_path, "big.jsonl", jsonl(events))
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(cli, ["--db", url, "import", str(big), "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    with IdentityGraph(f"sqlite:///{tmp_path / 'lib.db'}") as lib, IdentityGraph(url) as via_cli:
+        expected = import_events(lib, [big], parallel=False)
+        assert json.loads(result.stdout)["applied"] == expected.applied
+        assert dict(via_cli.identities()) == dict(lib.identities())
