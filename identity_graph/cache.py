@@ -29,9 +29,6 @@ class StateCache:
         self._profiles: dict[int, tuple[str, int, bool, Key]] = {}  # canonical, size, known, last
         self._forward: dict[int, int] = {}  # absorbed profile -> the profile it moved into
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def begin(self, tx: WriteTx) -> None:
         """Check the cache against the generation found under the lock; invalid until :meth:`commit`."""
         if self.max_ids <= 0:

@@ -137,9 +137,6 @@ class Resolver:
             out.setdefault(self.find(id_), []).append(id_)
         return out
 
-    def mapping(self) -> dict[str, str]:
-        """ID -> canonical for every ID present."""
-        return {id_: self._state[self.find(id_)].canonical for id_ in self._parent}
 
 
 def replay(

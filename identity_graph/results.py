@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from .rules import MERGED, TOGETHER, Outcome
+from .rules import Outcome
 
 Status = Literal["applied", "duplicate", "blocked"]
 
@@ -98,23 +98,6 @@ class IngestSummary:
         self.links_together += other.links_together
         self.links_refused.update(other.links_refused)
         self.replayed_events += other.replayed_events
-
-    def add(self, result: IngestResult) -> None:
-        """Count one event's result (``events`` is counted by the caller, as input is read)."""
-        if result.status == "applied":
-            self.applied += 1
-        elif result.status == "duplicate":
-            self.duplicates += 1
-        else:
-            self.blocked += 1
-        self.replayed_events += result.replayed
-        for link in result.links:
-            if link.outcome == MERGED:
-                self.links_merged += 1
-            elif link.outcome == TOGETHER:
-                self.links_together += 1
-            else:
-                self.links_refused[link.reason] += 1
 
 
 @dataclass(frozen=True)

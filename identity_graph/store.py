@@ -452,9 +452,6 @@ class WriteTx:
             self.cur.execute(self.sql(head) + where, [*prefix, *params])
             yield from self.cur.fetchall()
 
-    def existing_message_ids(self, message_ids: list[str]) -> set[str]:
-        return {r[0] for r in self._select_in("SELECT message_id FROM ig_events WHERE ", "message_id", message_ids)}
-
     def load_ids(self, ids: Iterable[str]) -> dict[str, StoredId]:
         """The stored rows (with profile) of those of ``ids`` that exist."""
         return {
