@@ -132,14 +132,11 @@ class IdentityGraph:
                     report(InvalidInput(position, exc.field, exc.reason))
                     continue
                 if len(batch) >= batch_size:
-                    self._ingest_batch(batch, summary)
+                    self.apply_counted(batch, summary)
                     batch = []
             if batch:
-                self._ingest_batch(batch, summary)
+                self.apply_counted(batch, summary)
         return summary
-
-    def _ingest_batch(self, events: list[Event], summary: IngestSummary) -> None:
-        self.apply_counted(events, summary)
 
     def apply_events(self, events: list[Event], counts: BatchCounts | None = None) -> list[IngestResult]:
         """Apply already-validated events in one transaction; one result per event, in order.

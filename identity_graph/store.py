@@ -369,11 +369,6 @@ class Store:
             ]
         return out
 
-    def count(self, table: str) -> int:
-        t = metadata.tables[table]
-        with self._connect() as conn:
-            return conn.execute(select(func.count()).select_from(t)).scalar_one()
-
 
 #: The lock row's value in a new graph: generation token, profile-number sequence, duplicates seen.
 _NEW_LOCK = {"generation": "new", "next_profile_id": 1, "duplicates": 0}
