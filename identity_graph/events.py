@@ -26,6 +26,9 @@ DERIVED_ID_PREFIX = "sha256:"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+#: The instants a datetime can hold (years 1 to 9999, UTC), as epoch microseconds.
+MIN_TIME = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
+MAX_TIME = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 _JSON_TYPE_NAMES = {bool: "a boolean", float: "a number with a fraction", list: "an array", dict: "an object"}
 
 
@@ -66,10 +69,16 @@ class Event(NamedTuple):
 def time_to_datetime(time: int) -> datetime:
     """Microseconds since the epoch -> aware UTC datetime.
 
+    An event time may lie up to a day outside what a datetime holds ("0001-01-01T00:00:00+01:00"
+    is in year 0, UTC): such a time is shown as the nearest datetime there is, rather than
+    failing whatever shows it (stats' newest event).
+
     >>> time_to_datetime(0).isoformat()
     '1970-01-01T00:00:00+00:00'
+    >>> time_to_datetime(MAX_TIME + 3_600_000_000).isoformat()
+    '9999-12-31T23:59:59.999999+00:00'
     """
-    return _EPOCH + timedelta(microseconds=time)
+    return _EPOCH + timedelta(microseconds=min(max(time, MIN_TIME), MAX_TIME))
 
 
 def datetime_to_time(value: datetime) -> int:
@@ -97,6 +106,10 @@ def parse_time(value: object, field: str = "timestamp") -> int:
     Traceback (most recent call last):
     ...
     identity_graph.errors.InvalidEvent: timestamp: 'yesterday' is not an ISO-8601 date-time
+
+    Any year a datetime holds is accepted, with any offset, even when the UTC instant
+    falls just outside years 1 to 9999 (it is an integer here; see
+    :func:`time_to_datetime` for showing it).
     """
     if not isinstance(value, str):
         raise InvalidEvent(field, f"must be an ISO-8601 string, not {_type_name(value)}")
@@ -177,6 +190,11 @@ def parse_event(obj: object, *, now: int | None = None) -> Event:
         raise InvalidEvent("messageId", "must not be empty")
     elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
         raise InvalidEvent("messageId", f"is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+    elif "\x00" in message_id:
+        # PostgreSQL text cannot hold NUL: refused here, the same on every backend.
+        raise InvalidEvent("messageId", "contains a NUL character")
+    elif not message_id.isascii():
+        _check_unicode(message_id, "messageId")
 
     return Event(type_, message_id, time, user_id, anonymous_id, previous_id)
 
@@ -188,12 +206,76 @@ def derive_message_id(obj: Mapping[str, Any]) -> str:
 
     >>> derive_message_id({"a": 1, "b": 2}) == derive_message_id({"b": 2, "a": 1})
     True
+
+    orjson stops at 255 levels of nesting and at 64-bit integers; a valid event past
+    either (a JSON parser may hand us 1,000 levels) is hashed by a slower encoder instead:
+
+    >>> derive_message_id({"p": [[[[]]]] * 2, "n": 10**30}).startswith(DERIVED_ID_PREFIX)
+    True
     """
     try:
         body = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError as exc:
-        raise InvalidEvent("event", f"is not JSON-serialisable ({exc})") from None
+    except TypeError:
+        # Only what orjson cannot encode takes this path, so every ID derived before
+        # stays the same (rule 9: re-importing a history stays a no-op).
+        body = _canonical_json(obj)
     return DERIVED_ID_PREFIX + hashlib.sha256(body).hexdigest()[:32]
+
+
+class _Text(NamedTuple):
+    """Output text waiting on the stack; a closing bracket also names the container it
+    closes (0 for none), which then leaves the path."""
+
+    text: bytes
+    container: int = 0
+
+
+def _canonical_json(obj: object) -> bytes:
+    """Sorted-key JSON of ``obj`` without recursion: any depth, integers of any size.
+
+    Raises :class:`InvalidEvent` for a value that is not JSON (or contains itself).
+    """
+    out: list[bytes] = []
+    path: set[int] = set()  # containers open around the current value: a cycle test
+    stack: list[object] = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Text:
+            out.append(item.text)
+            path.discard(item.container)
+        elif isinstance(item, (Mapping, list, tuple)):
+            if id(item) in path:
+                raise InvalidEvent("event", "contains itself")
+            path.add(id(item))
+            if isinstance(item, Mapping):
+                pairs = sorted(((_json_key(k), v) for k, v in item.items()), key=lambda kv: kv[0])
+                stack.append(_Text(b"}", id(item)))
+                for n in range(len(pairs) - 1, -1, -1):
+                    stack.append(pairs[n][1])
+                    stack.append(_Text((b"," if n else b"") + pairs[n][0] + b":"))
+                out.append(b"{")
+            else:
+                stack.append(_Text(b"]", id(item)))
+                for n in range(len(item) - 1, -1, -1):
+                    stack.append(item[n])
+                    if n:
+                        stack.append(_Text(b","))
+                out.append(b"[")
+        elif type(item) is int:
+            out.append(str(item).encode())
+        else:
+            try:
+                out.append(orjson.dumps(item))
+            except TypeError as exc:
+                raise InvalidEvent("event", f"is not JSON-serialisable ({exc})") from None
+    return b"".join(out)
+
+
+def _json_key(key: object) -> bytes:
+    try:
+        return orjson.dumps(key if isinstance(key, str) else str(key))
+    except TypeError as exc:  # a lone surrogate
+        raise InvalidEvent("event", f"is not JSON-serialisable ({exc})") from None
 
 
 def _id_field(obj: Mapping[str, Any], field: str) -> str | None:
@@ -205,13 +287,31 @@ def _id_field(obj: Mapping[str, Any], field: str) -> str | None:
             raise InvalidEvent(field, f"is longer than {MAX_ID_LENGTH} characters ({len(value)})")
         if "\x00" in value:
             raise InvalidEvent(field, "contains a NUL character")
+        if not value.isascii():  # isascii is a flag test: the common case costs nothing
+            _check_unicode(value, field)
         return value
     if type(value) is int:  # not bool: bool is an int subclass but not a JSON integer
         text = str(value)
         if len(text) > MAX_ID_LENGTH:
             raise InvalidEvent(field, f"is longer than {MAX_ID_LENGTH} characters ({len(text)})")
         return text
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        # orjson reads a JSON integer beyond 64 bits as a float: its digits are already lost.
+        raise InvalidEvent(
+            field, "must be a string or an integer, not an integer beyond 64 bits (send it as a string)"
+        )
     raise InvalidEvent(field, f"must be a string or an integer, not {_type_name(value)}")
+
+
+def _check_unicode(value: str, field: str) -> None:
+    """Reject a string no database can store: a lone UTF-16 surrogate (Python strings can
+    hold one; JSON parsers and UTF-8 cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(
+            field, f"is not valid Unicode (a lone surrogate U+{ord(value[exc.start]):04X} at index {exc.start})"
+        ) from None
 
 
 def _type_name(value: object) -> str:

@@ -221,12 +221,26 @@ def _decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        yield Item(name, number, None, None, f"invalid JSON ({exc})", line.rstrip(b"\r\n"))
+        if line.startswith(_BOM):
+            # Files joined with `cat` keep each one's byte order mark: ignored on any line.
+            yield from _decode_line(name, number, line[len(_BOM):])
+            return
+        yield Item(name, number, None, None, f"invalid JSON ({_json_error(line, exc)})", line.rstrip(b"\r\n"))
         return
     if type(value) is dict and "batch" not in value:  # the common case, kept short
         yield Item(name, number, None, value, None, line.rstrip(b"\r\n"))
         return
     yield from _expand(name, number, None, value, line.rstrip(b"\r\n"))
+
+
+def _json_error(data: bytes, exc: Exception) -> str:
+    """The decoder's complaint on one line; for bytes that are not UTF-8, where they are
+    (orjson says "surrogates not allowed" at column 1 whatever the bytes and place)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8: byte 0x{data[bad.start]:02x} at column {bad.start + 1}"
+    return str(exc)
 
 
 def _read_array(name: str, stream: IO[bytes]) -> Iterator[Item]:
@@ -238,7 +252,9 @@ def _read_array(name: str, stream: IO[bytes]) -> Iterator[Item]:
         for index, element in enumerate(ijson.items(stream, "item", use_float=True)):
             yield from _expand(name, None, index, element, None)
     except ijson.JSONError as exc:
-        yield Item(name, None, index + 1, None, f"invalid JSON ({exc}); the rest of the file is skipped", b"")
+        # ijson's messages span lines (an excerpt and a "right here" arrow): an issue is one line.
+        reason = " ".join(str(exc).split())
+        yield Item(name, None, index + 1, None, f"invalid JSON ({reason}); the rest of the file is skipped", b"")
 
 
 def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterator[Item]:
@@ -281,5 +297,9 @@ def raw_text(item: Item) -> bytes:
         return item.raw
     try:
         return orjson.dumps(item.value)
-    except TypeError:
+    except TypeError:  # past orjson's 255 levels of nesting, or an integer beyond 64 bits
+        pass
+    try:
         return repr(item.value).encode()
+    except RecursionError:  # deeper than Python's repr goes (ijson reads any depth)
+        return b"(nested too deep to show)"
