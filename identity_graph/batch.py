@@ -16,10 +16,13 @@ Inside the store's writer lock (see :meth:`identity_graph.store.Store.run_write`
 from __future__ import annotations
 
 import gc
+import hashlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import orjson
 
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
@@ -48,16 +51,45 @@ def gc_paused() -> Iterator[None]:
 
 
 class Plan(NamedTuple):
-    """What one valid event asserts once blocked values are dropped."""
+    """What one valid event asserts once blocked values are dropped.
+
+    ``digest`` fingerprints the event's IDs (see :func:`event_digest`); ``origin`` is
+    wherever the caller says the event came from (an import's file and line), handed
+    back when the event turns out to re-use an earlier event's messageId.
+    """
 
     event: Event
     ids: tuple[str, ...]
     user: str | None
     links: tuple[Link, ...]
+    digest: int = 0
+    origin: Any = None
+
+    @property
+    def content(self) -> tuple[str, int]:
+        """What two events with one messageId must share to be the same event: type and IDs.
+
+        Not the time: an event sent without one is given the time it is read at, which
+        differs between two reads of the very same event."""
+        return (self.event.type, self.digest)
 
 
-def plan_event(event: Event, rules: MergeRules) -> Plan:
+def event_digest(event: Event) -> int:
+    """A 64-bit fingerprint of the event's userId, anonymousId and previousId (stable
+    across processes, unlike ``hash``); with its type it tells a re-sent event
+    from a different one that re-uses its messageId.
+
+    >>> e = Event("identify", "m1", 0, "u1", "a1")
+    >>> event_digest(e) == event_digest(e._replace(message_id="m2")), event_digest(e) == event_digest(e._replace(user_id="u2"))
+    (True, False)
+    """
+    body = orjson.dumps((event.user_id, event.anonymous_id, event.previous_id))
+    return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "big", signed=True)
+
+
+def plan_event(event: Event, rules: MergeRules, origin: Any = None) -> Plan:
     """What ``event`` asserts under ``rules``; no IDs at all when every one is blocked (rule 2)."""
+    digest = event_digest(event)
     is_blocked = rules.is_blocked
     user, anon, prev = event.user_id, event.anonymous_id, event.previous_id
     if user is not None and is_blocked(user):
@@ -68,7 +100,7 @@ def plan_event(event: Event, rules: MergeRules) -> Plan:
         prev = None
     ids = tuple(v for v in (prev, anon, user) if v is not None)
     if not ids:
-        return Plan(event, (), None, ())
+        return Plan(event, (), None, (), digest, origin)
     if len(ids) > 1 and len(set(ids)) < len(ids):
         ids = tuple(dict.fromkeys(ids))
     links = []
@@ -78,16 +110,18 @@ def plan_event(event: Event, rules: MergeRules) -> Plan:
         links.append(Link(prev, user, "alias", event.message_id, event.time, 0))
     if anon is not None and user is not None and anon != user:
         links.append(Link(anon, user, "implicit", event.message_id, event.time, 1))
-    return Plan(event, ids, user, tuple(links))
+    return Plan(event, ids, user, tuple(links), digest, origin)
 
 
 @dataclass
 class BatchCounts:
-    """What a batch did beyond its per-event results: IDs created, profiles written."""
+    """What a batch did beyond its per-event results: IDs created, profiles written, and
+    the events that re-used an earlier event's messageId with other content."""
 
     new_ids: int = 0
     touched: set[int] = field(default_factory=set)
     absorbed: set[int] = field(default_factory=set)
+    conflicting: list[Plan] = field(default_factory=list)
 
 
 def apply_plans(
@@ -109,10 +143,13 @@ def apply_plans(
     transaction never counts twice.
     """
     counts = counts if counts is not None else BatchCounts()
-    counts.new_ids, counts.touched, counts.absorbed = 0, set(), set()
+    counts.new_ids, counts.touched, counts.absorbed, counts.conflicting = 0, set(), set(), []
     cache.begin(tx)
-    fresh_ids = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type) for p in plans])
+    fresh_ids, conflicts = tx.claim_message_ids(
+        [(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans]
+    )
     tx.count_duplicates(duplicates_seen + len(plans) - len(fresh_ids))
+    counts.conflicting = [p for p in plans if p.event.message_id in conflicts] if conflicts else []
     # A blocked event changes nothing, but its messageId is claimed all the same: the
     # first event with a messageId wins, however the events were batched (rule 9).
     fresh = sorted((p for p in plans if p.ids and p.event.message_id in fresh_ids), key=lambda p: p.event.key)
@@ -124,12 +161,12 @@ def apply_plans(
         outcomes, replayed = writer.outcomes, writer.replayed_messages
     cache.commit(tx)
     if counts_only:
-        return _tally(plans, fresh_ids, outcomes, replayed)
+        return _tally(plans, fresh_ids, conflicts, outcomes, replayed)
     results = []
     for p in plans:
         mid = p.event.message_id
         if mid not in fresh_ids:
-            results.append(IngestResult(mid, "duplicate"))
+            results.append(IngestResult(mid, "conflict" if mid in conflicts else "duplicate"))
             continue
         if not p.ids:
             results.append(IngestResult(mid, "blocked"))
@@ -142,6 +179,7 @@ def apply_plans(
 def _tally(
     plans: list[Plan],
     fresh_ids: set[str],
+    conflicts: set[str],
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]],
     replayed: set[str],
 ) -> IngestSummary:
@@ -149,7 +187,10 @@ def _tally(
     for p in plans:
         mid = p.event.message_id
         if mid not in fresh_ids:
-            summary.duplicates += 1
+            if mid in conflicts:
+                summary.conflicts += 1
+            else:
+                summary.duplicates += 1
         elif not p.ids:
             summary.blocked += 1
         else:

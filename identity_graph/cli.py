@@ -94,7 +94,11 @@ def ingest(ctx: click.Context, path: str, verbose: bool) -> None:
             counts["invalid"] += 1
             click.echo(f"{name}:{number}: {exc}", err=True)
             continue
-        counts[result.status] += 1
+        if result.status == "conflict":
+            from .results import CONFLICT_REASON
+
+            click.echo(f"{name}:{number}: messageId: {CONFLICT_REASON} ({result.message_id!r})", err=True)
+        counts[result.status] = counts.get(result.status, 0) + 1
         if verbose:
             links = ", ".join(
                 f"{l.source} -> {l.target} {l.outcome}" + (f" ({l.reason})" if l.reason else "")
@@ -171,7 +175,7 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
         if bar is not None:
             bar.__exit__(None, None, None)
     if shown[0] > SHOWN_ISSUES:
-        more = f"{shown[0] - SHOWN_ISSUES:,} more invalid events"
+        more = f"{shown[0] - SHOWN_ISSUES:,} more rejected events"
         click.echo(f"... and {more}" + (" (all in the --errors file)" if errors_file else " (use --errors FILE to keep them all)"),
                    err=True)
     if as_json:
@@ -183,7 +187,7 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
     click.echo(f"imported {summary.files} file{'s' if summary.files != 1 else ''}: {summary.events:,} events"
                f" in {summary.elapsed:.1f} s ({summary.events_per_second:,.0f} events/s)")
     click.echo(f"  applied {summary.applied:,}, duplicates {summary.duplicates:,}, invalid {summary.invalid:,},"
-               f" blocked {summary.blocked:,}")
+               f" blocked {summary.blocked:,}" + (f", conflicts {summary.conflicts:,}" if summary.conflicts else ""))
     click.echo(f"  links: {summary.links_merged:,} merged, {summary.links_together:,} together,"
                f" {summary.links_refused_total:,} refused" + (f" ({refused})" if refused else ""))
     click.echo(f"  new IDs {summary.new_ids:,}, profiles touched {summary.profiles_touched:,}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .cache import StateCache
 from .errors import RulesMismatch
-from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
+from .results import CONFLICT_REASON, GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
 from .rules import MergeRules
 from .store import Store
 
@@ -115,27 +115,33 @@ class IdentityGraph:
         >>> s.applied, s.invalid, str(s.errors[0])
         (1, 1, 'event 1: userId: the event has neither a userId nor an anonymousId')
         """
-        from .batch import gc_paused
+        from .batch import gc_paused, plan_event
         from .errors import InvalidEvent
         from .events import parse_event
 
         summary = IngestSummary()
         report = on_invalid or summary.errors.append
-        batch: list[Event] = []
+        rules = self.rules
+        batch: list[Plan] = []
+
+        def flush() -> None:
+            for plan in self.apply_counted(batch, summary):
+                report(InvalidInput(plan.origin, "messageId", CONFLICT_REASON))
+
         with gc_paused():
             for position, raw in enumerate(events):
                 summary.events += 1
                 try:
-                    batch.append(parse_event(raw))
+                    batch.append(plan_event(parse_event(raw), rules, position))
                 except InvalidEvent as exc:
                     summary.invalid += 1
                     report(InvalidInput(position, exc.field, exc.reason))
                     continue
                 if len(batch) >= batch_size:
-                    self.apply_counted(batch, summary)
+                    flush()
                     batch = []
             if batch:
-                self.apply_counted(batch, summary)
+                flush()
         return summary
 
     def apply_events(self, events: list[Event], counts: BatchCounts | None = None) -> list[IngestResult]:
@@ -147,10 +153,11 @@ class IdentityGraph:
         from .batch import apply_plans
 
         results: list[IngestResult | None] = [None] * len(events)
-        plans, slots, duplicates = self._plans(events)
+        plans, slots, duplicates, conflicting = self._plans(events)
         for slot, event in enumerate(events):
             if slot not in slots:
-                results[slot] = IngestResult(event.message_id, "duplicate")
+                status = "conflict" if slot in conflicting else "duplicate"
+                results[slot] = IngestResult(event.message_id, status)  # type: ignore[arg-type]
         if plans:
             applied = self._store.run_write(
                 lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts)
@@ -159,19 +166,21 @@ class IdentityGraph:
                 results[slot] = result
         return results  # type: ignore[return-value]
 
-    def apply_counted(self, events: list[Event] | list[Plan], summary: IngestSummary) -> None:
+    def apply_counted(self, events: list[Event] | list[Plan], summary: IngestSummary) -> list[Plan]:
         """Apply already-validated events in one transaction and count the results into ``summary``.
 
         The bulk entry point (``ingest_many``, imports): like :meth:`apply_events`, without
         an object per event. ``summary.events`` is left to the caller, who counts input.
         ``events`` may also be :class:`~identity_graph.batch.Plan`s made under this graph's
-        rules (an import's parse worker makes them).
+        rules (an import's parse worker makes them). Returns the plans of the events that
+        re-used an earlier event's messageId with other content, for the caller to report
+        (their ``origin`` says where they came from).
         """
         from .batch import BatchCounts, apply_plans
 
-        plans, _, duplicates = self._plans(events)
+        plans, _, duplicates, conflicting = self._plans(events)
         counts = BatchCounts()
-        batch = IngestSummary(duplicates=duplicates)
+        batch = IngestSummary(duplicates=duplicates - len(conflicting), conflicts=len(conflicting))
         if plans:
             batch.merge(self._store.run_write(  # type: ignore[arg-type]
                 lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts, counts_only=True)
@@ -180,22 +189,31 @@ class IdentityGraph:
         summary.new_ids += counts.new_ids
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched
+        return [*conflicting.values(), *counts.conflicting]
 
-    def _plans(self, events: list[Event] | list[Plan]) -> tuple[list[Plan], dict[int, None], int]:
-        """Plans of the events whose messageId is first in the list; their slots; the others' count."""
+    def _plans(
+        self, events: list[Event] | list[Plan]
+    ) -> tuple[list[Plan], dict[int, None], int, dict[int, Plan]]:
+        """Plans of the events whose messageId is first in the list and their slots; how
+        many others there are; and, by slot, those of the others whose content differs
+        from the first's (conflicts)."""
         from .batch import Plan, plan_event
 
         plans: list[Plan] = []
         slots: dict[int, None] = {}
-        seen: set[str] = set()
+        first: dict[str, Plan] = {}
+        conflicting: dict[int, Plan] = {}
         rules = self.rules
         for slot, item in enumerate(events):
             plan = item if type(item) is Plan else plan_event(item, rules)  # type: ignore[arg-type]
-            if plan.event.message_id not in seen:
-                seen.add(plan.event.message_id)
+            earlier = first.get(plan.event.message_id)
+            if earlier is None:
+                first[plan.event.message_id] = plan
                 plans.append(plan)
                 slots[slot] = None
-        return plans, slots, len(events) - len(plans)
+            elif earlier.content != plan.content:
+                conflicting[slot] = plan
+        return plans, slots, len(events) - len(plans), conflicting
 
     def alias(self, previous_id: str, user_id: str, *, timestamp: datetime | None = None) -> IngestResult:
         """Ingest an ``alias`` event (now, with a new messageId) merging ``previous_id`` into ``user_id``.

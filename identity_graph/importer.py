@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
+
 from .batch import Plan, gc_paused, plan_event
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, parse_event
 from .graph import IdentityGraph
 from .rules import MergeRules
 from .readers import Item, Location, Source, SourceError, expand_sources, raw_text, read_source
-from .results import IngestSummary
+from .results import CONFLICT_REASON, IngestSummary
 
 DEFAULT_IMPORT_BATCH = 10_000
 PARALLEL_MIN_BYTES = 8 << 20
@@ -102,7 +104,7 @@ class ImportSummary(IngestSummary):
     def to_dict(self) -> dict[str, Any]:
         return {
             "files": self.files, "events": self.events, "applied": self.applied,
-            "duplicates": self.duplicates, "invalid": self.invalid, "blocked": self.blocked,
+            "duplicates": self.duplicates, "conflicts": self.conflicts, "invalid": self.invalid, "blocked": self.blocked,
             "links_merged": self.links_merged, "links_together": self.links_together,
             "links_refused": dict(sorted(self.links_refused.items())),
             "new_ids": self.new_ids, "profiles_touched": self.profiles_touched,
@@ -190,17 +192,17 @@ def _import(
                 if type(event) is ImportIssue:
                     summary.invalid += 1
                     if strict:
-                        _flush(graph, batch, summary)
+                        _flush(graph, batch, summary, report)
                         summary.elapsed += time.perf_counter() - started
                         raise StrictImportStopped(event, summary)
                     report(event)
                     continue
                 batch.append(event)
                 if len(batch) >= batch_size:
-                    _flush(graph, batch, summary)
+                    _flush(graph, batch, summary, report)
                     batch = []
             progress(consumed)
-        _flush(graph, batch, summary)
+        _flush(graph, batch, summary, report)
     finally:
         chunks.close()
 
@@ -220,7 +222,10 @@ def _parse(
     for source in expanded:
         for item in read_source(source, count):
             event = _validate(item, now)
-            chunk.append(event if type(event) is ImportIssue else plan_event(event, rules))  # type: ignore[arg-type]
+            chunk.append(
+                event if type(event) is ImportIssue
+                else plan_event(event, rules, (item.source, item.line, item.index))  # type: ignore[arg-type]
+            )
             if len(chunk) >= chunk_size:
                 yield chunk, consumed[0]
                 chunk, consumed[0] = [], 0
@@ -291,7 +296,15 @@ def _validate(item: Item, now: int) -> Event | ImportIssue:
         return ImportIssue(item.location, str(exc), raw_text(item))
 
 
-def _flush(graph: IdentityGraph, batch: list[Plan], summary: ImportSummary) -> None:
+def _flush(
+    graph: IdentityGraph, batch: list[Plan], summary: ImportSummary, report: Callable[[ImportIssue], None]
+) -> None:
     if not batch:
         return
-    graph.apply_counted(batch, summary)
+    for plan in graph.apply_counted(batch, summary):
+        # Not an invalid line, but the user must hear of it: it names the line and the
+        # messageId, and the errors file gets what the graph would have used of it.
+        e = plan.event
+        raw = orjson.dumps({"messageId": e.message_id, "type": e.type, "timestamp": e.timestamp.isoformat(),
+                            "userId": e.user_id, "anonymousId": e.anonymous_id, "previousId": e.previous_id})
+        report(ImportIssue(Location(*plan.origin), f"messageId: {CONFLICT_REASON} ({e.message_id!r})", raw))

@@ -9,7 +9,10 @@ from typing import Literal
 
 from .rules import Outcome
 
-Status = Literal["applied", "duplicate", "blocked"]
+#: Why an event that re-uses an earlier event's messageId with other content was ignored.
+CONFLICT_REASON = "duplicate of an earlier event with a different body (type or IDs); the first one was kept"
+
+Status = Literal["applied", "duplicate", "conflict", "blocked"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,10 @@ class LinkResult:
 class IngestResult:
     """What ingesting one event did.
 
-    ``status`` is ``applied``, ``duplicate`` (messageId seen before: nothing changed) or
-    ``blocked`` (its only IDs are blocked values: nothing changed). ``replayed`` says the
+    ``status`` is ``applied``, ``duplicate`` (messageId seen before: nothing changed),
+    ``conflict`` (messageId seen before on an event with another type or other IDs: the
+    first one stands, nothing changed) or ``blocked`` (its only IDs are blocked values:
+    nothing changed). ``replayed`` says the
     event was late and its cluster was rebuilt in event-time order.
     """
 
@@ -70,6 +75,8 @@ class IngestSummary:
     events: int = 0
     applied: int = 0
     duplicates: int = 0
+    #: Events re-using an earlier event's messageId with other content (ignored, reported).
+    conflicts: int = 0
     invalid: int = 0
     blocked: int = 0
     links_merged: int = 0
@@ -93,6 +100,7 @@ class IngestSummary:
         """Add the event counts of ``other`` (a batch's) to these."""
         self.applied += other.applied
         self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
         self.blocked += other.blocked
         self.links_merged += other.links_merged
         self.links_together += other.links_together

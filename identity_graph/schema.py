@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
 # INTEGER on SQLite makes a primary key the rowid itself: one B-tree, no separate index.
@@ -62,13 +62,16 @@ links_t = Table(
     sqlite_with_rowid=False,
 )
 
-#: The register of seen messageIds (rule 9); ``tx`` is the write transaction that added it.
+#: The register of seen messageIds (rule 9); ``tx`` is the write transaction that added it;
+#: ``digest`` a 64-bit hash of the event's IDs, so that a later event re-using the messageId
+#: with other content is told apart from a plain re-send (see ``batch.event_digest``).
 events_t = Table(
     "ig_events", metadata,
     Column("message_id", Text, primary_key=True),
     Column("time", BigInteger, nullable=False),
     Column("type", String(16), nullable=False),
     Column("tx", BigInteger, nullable=False),
+    Column("digest", BigInteger),
     sqlite_with_rowid=False,
 )
 

@@ -89,7 +89,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '3'
+    '4'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -387,6 +387,15 @@ def _transient(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
+def _same_event(stored: tuple[Any, ...], incoming: tuple[Any, ...]) -> bool:
+    """(time, type, digest) of a registered event against a new one with its messageId.
+
+    Time is not compared: an event sent without a time gets the time it was read, so
+    each re-send of it differs there. A row without a digest is given the benefit of
+    the doubt."""
+    return stored[1] == incoming[1] and (stored[2] is None or stored[2] == incoming[2])
+
+
 def _placeholders(pg: bool) -> Callable[[str], str]:
     return (lambda sql: sql.replace("?", "%s")) if pg else (lambda sql: sql)
 
@@ -505,47 +514,51 @@ class WriteTx:
         self._lock["next_profile_id"] = pid + 1
         return pid
 
-    def claim_message_ids(self, rows: list[tuple[str, int, str]]) -> set[str]:
-        """Register (message_id, time, type) rows (distinct messageIds); return those that were new.
+    def claim_message_ids(self, rows: list[tuple[str, int, str, int]]) -> tuple[set[str], set[str]]:
+        """Register (message_id, time, type, digest) rows (distinct messageIds).
 
-        Rule 9 in one pass: the insert skips messageIds already registered. On SQLite a
-        plain executemany is the fast path; only when it inserted fewer rows than given
-        are the others looked up, by the transaction number each row carries.
+        Returns ``(fresh, conflicts)``: the messageIds that were new, and those already
+        registered for an event with other content (type or digest differ: the
+        first event wins, the caller reports the second). Rule 9 in one pass: the insert
+        skips messageIds already registered. On SQLite a plain executemany is the fast
+        path; only when it inserted fewer rows than given are the others looked up, by
+        the transaction number each row carries.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
         if self.sql.pg:
             fresh: set[str] = set()
             for chunk in _chunks(rows, 5000):
                 self.cur.execute(
-                    "INSERT INTO ig_events (message_id, time, type, tx)"
-                    " SELECT m, t, y, %s FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(m, t, y)"
-                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    "INSERT INTO ig_events (message_id, time, type, digest, tx)"
+                    " SELECT m, t, y, d, %s FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[])"
+                    " AS u(m, t, y, d) ON CONFLICT DO NOTHING RETURNING message_id",
                     [tx_number, *(list(col) for col in zip(*chunk))],
                 )
                 fresh.update(r[0] for r in self.cur.fetchall())
-            return fresh
-        self.cur.executemany(
-            "INSERT INTO ig_events (message_id, time, type, tx) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [(*row, tx_number) for row in rows],
-        )
-        ids = [row[0] for row in rows]
-        if self.cur.rowcount == len(rows):
-            return set(ids)
-        seen_before = {
-            r[0] for r in self._select_in("SELECT message_id FROM ig_events WHERE tx <> ? AND ", "message_id", ids,
-                                          prefix=(tx_number,))
-        }
-        return {i for i in ids if i not in seen_before}
+            if len(fresh) == len(rows):
+                return fresh, set()
+            earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE ", "message_id",
+                                      [row[0] for row in rows if row[0] not in fresh])
+        else:
+            self.cur.executemany(
+                "INSERT INTO ig_events (message_id, time, type, digest, tx) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(*row, tx_number) for row in rows],
+            )
+            if self.cur.rowcount == len(rows):
+                return {row[0] for row in rows}, set()
+            earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
+                                      "message_id", [row[0] for row in rows], prefix=(tx_number,))
+        first = {r[0]: tuple(r[1:]) for r in earlier}
+        fresh = {row[0] for row in rows if row[0] not in first}
+        conflicts = {row[0] for row in rows if row[0] in first and not _same_event(first[row[0]], row[1:])}
+        return fresh, conflicts
 
     # -- writes ------------------------------------------------------------------------
 
     def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             self.cur.executemany(self.sql(sql), rows)
-
-    def insert_events(self, rows: list[tuple[str, int, str]]) -> None:
-        """rows: (message_id, time, type)."""
-        self._many("INSERT INTO ig_events (message_id, time, type) VALUES (?, ?, ?)", rows)
 
     def insert_ids(self, rows: list[tuple[str, int, int | None, str | None, int]]) -> None:
         """rows: (id, profile_id, known_time, known_msg, first_time)."""

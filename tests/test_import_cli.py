@@ -158,13 +158,13 @@ def test_json_prints_the_summary_as_one_json_object(graph_url: str, tmp_path: Pa
     assert result.stdout.count("\n") == 1
     summary = json.loads(result.stdout)
     assert set(summary) == {
-        "files", "events", "applied", "duplicates", "invalid", "blocked", "links_merged", "links_together",
+        "files", "events", "applied", "duplicates", "conflicts", "invalid", "blocked", "links_merged", "links_together",
         "links_refused", "new_ids", "profiles_touched", "replayed_events", "elapsed_seconds", "events_per_second",
     }
     timing = {k: summary.pop(k) for k in ("elapsed_seconds", "events_per_second")}
     assert all(isinstance(v, (int, float)) and v >= 0 for v in timing.values())
     assert summary == {
-        "files": 5, "events": 8, "applied": 7, "duplicates": 0, "invalid": 0, "blocked": 1, "links_merged": 3,
+        "files": 5, "events": 8, "applied": 7, "duplicates": 0, "conflicts": 0, "invalid": 0, "blocked": 1, "links_merged": 3,
         "links_together": 1, "links_refused": {"known_id": 1}, "new_ids": 6, "profiles_touched": 3,
         "replayed_events": 0,
     }
@@ -224,7 +224,7 @@ def test_only_the_first_ten_invalid_events_are_shown_then_a_count(tmp_path: Path
     result = run(f"sqlite:///{tmp_path / 'g.db'}", path)
     assert result.exit_code == 0
     assert result.stderr == "".join(f"{path}:{line}: {reason}\n" for line, reason, _ in bad[:10]) + (
-        "... and 3 more invalid events (use --errors FILE to keep them all)\n")
+        "... and 3 more rejected events (use --errors FILE to keep them all)\n")
     assert result.stdout.splitlines()[1] == "  applied 7, duplicates 0, invalid 13, blocked 1"
 
 
@@ -234,7 +234,7 @@ def test_errors_file_keeps_every_rejected_line_as_json(graph_url: str, tmp_path:
     result = run(graph_url, path, "--errors", errors)
     assert result.exit_code == 0
     assert result.stderr == "".join(f"{path}:{line}: {reason}\n" for line, reason, _ in bad[:10]) + (
-        "... and 3 more invalid events (all in the --errors file)\n")
+        "... and 3 more rejected events (all in the --errors file)\n")
     rows = [json.loads(line) for line in errors.read_text(encoding="utf-8").splitlines()]
     assert rows == [{"file": str(path), "line": line, "item": None, "reason": reason, "raw": raw}
                     for line, reason, raw in bad]

@@ -37,7 +37,7 @@ HISTORY = [
 ]
 EXPECTED = {P("u1", "a1", "e@x", "a2"), P("u2"), P("a3")}
 EXPECTED_COUNTS = {
-    "events": 8, "applied": 7, "duplicates": 0, "invalid": 0, "blocked": 1,
+    "events": 8, "applied": 7, "duplicates": 0, "conflicts": 0, "invalid": 0, "blocked": 1,
     "links_merged": 3, "links_together": 1, "links_refused": {"known_id": 1},
     "new_ids": 6, "profiles_touched": 3,
 }
@@ -176,7 +176,11 @@ def test_folder_files_are_imported_in_sorted_order(graph: IdentityGraph, tmp_pat
     _write(root, "c.jsonl", jsonl([{"type": "identify"}]))
     summary = import_events(graph, [root])
     assert graph.resolve("a1") == "from-a-x"
-    assert [Path(i.location.source).name for i in summary.issues] == ["0.jsonl", "c.jsonl"]
+    # Invalid lines are reported as they are read; a conflict when its batch is written.
+    assert [Path(i.location.source).name for i in summary.issues] == ["0.jsonl", "c.jsonl", "b.jsonl"]
+    assert str(summary.issues[2]).endswith(
+        "b.jsonl:1: messageId: duplicate of an earlier event with a different body (type or IDs);"
+        " the first one was kept ('same')")
 
 
 # -- exact counts ------------------------------------------------------------------------
@@ -200,7 +204,11 @@ def test_duplicates_within_a_file_and_across_files_are_counted_and_the_first_win
     ]))
     b = _write(tmp_path, "b.jsonl", jsonl([identify(3, "m2", user="u1", anon="a2"), identify(4, "m3", user="u3")]))
     summary = import_events(graph, [a, b], batch_size=batch_size)
-    assert (summary.events, summary.applied, summary.duplicates, summary.new_ids) == (5, 3, 2, 5)
+    assert (summary.events, summary.applied, summary.duplicates, summary.conflicts, summary.new_ids) == (5, 3, 0, 2, 5)
+    assert [str(i).split("/")[-1] for i in summary.issues] == [
+        f"{name}: messageId: duplicate of an earlier event with a different body (type or IDs);"
+        f" the first one was kept ('{mid}')" for name, mid in (("a.jsonl:3", "m1"), ("b.jsonl:1", "m2"))
+    ]
     assert profiles(graph) == {P("u1", "a1"), P("u2", "a2"), P("u3")}
 
 
@@ -386,7 +394,7 @@ def test_re_running_an_import_changes_nothing(graph: IdentityGraph, tmp_path: Pa
     again = import_events(graph, paths, batch_size=batch_size)
     assert _snapshot(graph) == before
     assert counts(again) == {
-        "events": 8, "applied": 0, "duplicates": 8, "invalid": 0, "blocked": 0,
+        "events": 8, "applied": 0, "duplicates": 8, "conflicts": 0, "invalid": 0, "blocked": 0,
         "links_merged": 0, "links_together": 0, "links_refused": {}, "new_ids": 0, "profiles_touched": 0,
     }
 

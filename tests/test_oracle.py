@@ -426,7 +426,7 @@ def test_first_ingested_body_wins_on_a_duplicate_message_id(backend: Backend) ->
         with backend.fresh_url() as url, IdentityGraph(url) as g:
             if mode == "one":
                 g.ingest(first)
-                assert g.ingest(second).status == "duplicate"
+                assert g.ingest(second).status == "conflict"
             else:
                 g.ingest_many([first, second], batch_size=2)
             got = dict(g.identities())

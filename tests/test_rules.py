@@ -254,8 +254,37 @@ def test_rule8_replay_reads_only_the_touched_cluster(graph: IdentityGraph, monke
 
 def test_rule9_a_seen_message_id_is_a_duplicate_and_changes_nothing(graph: IdentityGraph) -> None:
     graph.ingest(identify(1, "m1", user="u1", anon="a1"))
-    again = graph.ingest(identify(2, "m1", user="u2", anon="a1"))  # same messageId, other body
-    assert again.status == "duplicate"
+    # A retry may carry another time (no timestamp: the time it was read) or context.
+    resent = graph.ingest({**identify(9, "m1", user="u1", anon="a1"), "context": {"retry": 2}})
+    assert resent.status == "duplicate"
+    assert profiles(graph) == {P("u1", "a1")}
+
+
+@pytest.mark.parametrize("change", [
+    {"userId": "u2"}, {"anonymousId": "a2"}, {"type": "page"}, {"userId": 7},
+])
+def test_rule9_a_seen_message_id_with_other_content_is_a_conflict_and_changes_nothing(
+    graph: IdentityGraph, change: dict
+) -> None:
+    graph.ingest(identify(1, "m1", user="u1", anon="a1"))
+    again = graph.ingest({**identify(1, "m1", user="u1", anon="a1"), **change})
+    assert again.status == "conflict"
+    assert profiles(graph) == {P("u1", "a1")}
+    assert graph.stats().duplicates == 1
+
+
+def test_rule9_a_conflict_inside_one_batch_keeps_the_first(graph: IdentityGraph) -> None:
+    errors: list = []
+    summary = graph.ingest_many(
+        [identify(1, "m1", user="u1", anon="a1"), identify(2, "m1", user="u2", anon="a1"),
+         identify(1, "m1", user="u1", anon="a1")],
+        on_invalid=errors.append,
+    )
+    assert (summary.applied, summary.duplicates, summary.conflicts) == (1, 1, 1)
+    assert [str(e) for e in errors] == [
+        "event 1: messageId: duplicate of an earlier event with a different body (type or IDs);"
+        " the first one was kept"
+    ]
     assert profiles(graph) == {P("u1", "a1")}
 
 
@@ -277,8 +306,8 @@ def test_rule9_reingesting_a_history_is_a_no_op(graph: IdentityGraph) -> None:
 
 
 def test_rule9_duplicates_within_one_batch_keep_the_first(graph: IdentityGraph) -> None:
-    summary = graph.ingest_many([identify(1, "m1", user="u1", anon="a"), identify(2, "m1", user="u2", anon="a")])
-    assert (summary.applied, summary.duplicates) == (1, 1)
+    summary = graph.ingest_many([identify(1, "m1", user="u1", anon="a"), identify(1, "m1", user="u1", anon="a")])
+    assert (summary.applied, summary.duplicates, summary.conflicts) == (1, 1, 0)
     assert profiles(graph) == {P("u1", "a")}
 
 
