@@ -16,10 +16,11 @@ __version__ = "0.1.0"
 # for the write path's imports. `from identity_graph import X` works as usual.
 _EXPORTS = {
     "DatabaseUnavailable": "errors", "IdentityGraphError": "errors", "InvalidEvent": "errors",
-    "RulesMismatch": "errors", "StoreError": "errors",
+    "NotSameProfile": "errors", "RulesMismatch": "errors", "StoreError": "errors", "UnknownEvent": "errors",
+    "UnknownId": "errors",
     "Event": "events", "parse_event": "events",
     "IdentityGraph": "graph",
-    "GraphStats": "results", "IngestResult": "results", "IngestSummary": "results",
+    "EditResult": "results", "GraphStats": "results", "IngestResult": "results", "Link": "results", "IngestSummary": "results",
     "InvalidInput": "results", "LinkResult": "results", "Profile": "results",
     "MergeRules": "rules",
 }
@@ -39,14 +40,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .errors import DatabaseUnavailable, IdentityGraphError, InvalidEvent, RulesMismatch, StoreError
+    from .errors import (DatabaseUnavailable, IdentityGraphError, InvalidEvent, NotSameProfile, RulesMismatch,
+                         StoreError, UnknownEvent, UnknownId)
     from .events import Event, parse_event
     from .graph import IdentityGraph
-    from .results import GraphStats, IngestResult, IngestSummary, InvalidInput, LinkResult, Profile
+    from .results import EditResult, GraphStats, IngestResult, IngestSummary, InvalidInput, Link, LinkResult, Profile
     from .rules import MergeRules
 
 __all__ = [
     "DatabaseUnavailable",
+    "EditResult",
     "Event",
     "GraphStats",
     "IdentityGraph",
@@ -55,11 +58,15 @@ __all__ = [
     "IngestSummary",
     "InvalidEvent",
     "InvalidInput",
+    "Link",
     "LinkResult",
     "MergeRules",
+    "NotSameProfile",
     "Profile",
     "RulesMismatch",
     "StoreError",
+    "UnknownEvent",
+    "UnknownId",
     "__version__",
     "parse_event",
 ]

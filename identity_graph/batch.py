@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import hmac
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import orjson
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, IngestSummary, LinkResult
-from .rules import MERGED, TOGETHER, MergeRules, Outcome
+from .rules import EXCLUDED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
 from .store import StoredId, WriteTx
 
@@ -87,10 +88,24 @@ def event_digest(event: Event) -> int:
     return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "big", signed=True)
 
 
-def plan_event(event: Event, rules: MergeRules, origin: Any = None) -> Plan:
-    """What ``event`` asserts under ``rules``; no IDs at all when every one is blocked (rule 2)."""
+def erased_digest(salt: str, id_: str) -> str:
+    """The keyed hash an erased ID is remembered by (HMAC-SHA-256 under the graph's salt).
+
+    >>> erased_digest("salt", "jen@email.com") == erased_digest("salt", "jen@email.com") != erased_digest("pepper", "jen@email.com")
+    True
+    """
+    return hmac.new(salt.encode(), id_.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def plan_event(event: Event, rules: MergeRules, origin: Any = None, erased: frozenset[str] = frozenset()) -> Plan:
+    """What ``event`` asserts under ``rules``; no IDs at all when every one is blocked (rule 2).
+
+    ``erased``: IDs deleted from the graph, dropped as if they were blocked values.
+    """
     digest = event_digest(event)
     is_blocked = rules.is_blocked
+    if erased:
+        is_blocked = lambda v: v in erased or rules.is_blocked(v)  # noqa: E731
     user, anon, prev = event.user_id, event.anonymous_id, event.previous_id
     if user is not None and is_blocked(user):
         user = None
@@ -145,6 +160,9 @@ def apply_plans(
     counts = counts if counts is not None else BatchCounts()
     counts.new_ids, counts.touched, counts.absorbed, counts.conflicting = 0, set(), set(), []
     cache.begin(tx)
+    suppressed = tx.suppressed()
+    if suppressed:
+        plans = _without_erased(plans, rules, tx.salt(), suppressed)
     fresh_ids, conflicts = tx.claim_message_ids(
         [(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans]
     )
@@ -174,6 +192,42 @@ def apply_plans(
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
         results.append(IngestResult(mid, "applied", links, mid in replayed))
     return results
+
+
+def _without_erased(plans: list[Plan], rules: MergeRules, salt: str, suppressed: set[str]) -> list[Plan]:
+    """The plans again, with IDs erased from the graph dropped as if blocked: re-sending
+    an old event never brings an erased ID back."""
+    out = []
+    for p in plans:
+        e = p.event
+        erased = frozenset(
+            v for v in (e.user_id, e.anonymous_id, e.previous_id)
+            if v is not None and erased_digest(salt, v) in suppressed
+        )
+        out.append(plan_event(e, rules, p.origin, erased) if erased else p)
+    return out
+
+
+def assign_profiles(
+    tx: WriteTx, resolver: Resolver, stored: Mapping[str, StoredId]
+) -> list[tuple[int, list[str], ProfileState]]:
+    """Number the profiles of a rebuilt cluster: (profile_id, IDs, state) for each.
+
+    Each profile keeps the stored number most of its IDs already carry (largest profiles
+    choose first), so only the IDs that really moved are rewritten; a profile made only
+    of new IDs, or whose numbers were all taken, gets a new number.
+    """
+    groups = sorted(resolver.groups().items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
+    taken: set[int] = set()
+    out = []
+    for root, group in groups:
+        votes = Counter(stored[i].profile_id for i in group if i in stored)
+        pid = next((p for p, _ in votes.most_common() if p not in taken), None)
+        if pid is None:
+            pid = tx.new_profile_id()
+        taken.add(pid)
+        out.append((pid, group, resolver.state(root)))
+    return out
 
 
 def _tally(
@@ -329,11 +383,11 @@ class _BatchWriter:
                 if (state.canonical, state.size, state.known, state.last) != (
                     old.canonical, old.size, old.profile_known, old.last
                 ):
-                    changed_profiles.append(_profile_row(survivor, state))
+                    changed_profiles.append(profile_row(survivor, state))
                     self.counts.touched.add(survivor)
             else:
                 survivor = self.tx.new_profile_id()
-                new_profiles.append(_profile_row(survivor, state))
+                new_profiles.append(profile_row(survivor, state))
                 self.counts.touched.add(survivor)
             self.cache.put_profile(survivor, state.canonical, state.size, state.known, state.last)
             for i in group:
@@ -354,7 +408,10 @@ class _BatchWriter:
         """Rebuild the cluster from its stored links plus the batch's, in event-time order."""
         self.replayed_messages.update(p.event.message_id for p in plans)
         self._load(i for i in cluster if i not in self.stored)
-        stored_links = self.tx.links_touching(i for i in cluster if i in self.stored)
+        # Links an unmerge excluded take no part in any replay.
+        stored_links = [
+            s for s in self.tx.links_touching(i for i in cluster if i in self.stored) if s.outcome != EXCLUDED
+        ]
         known_at = {i: self.stored[i].known for i in cluster if i in self.stored and self.stored[i].known}
         known_changes: dict[str, Key] = {}
         for p in plans:
@@ -371,20 +428,12 @@ class _BatchWriter:
         for link, outcome in zip(batch_links, outcomes[len(links):]):
             self.outcomes[(link.message_id, link.seq)] = outcome
 
-        # Give each rebuilt profile the stored number most of its IDs already carry, so
-        # only the IDs that really moved are rewritten.
         old_pids = {self.stored[i].profile_id for i in cluster if i in self.stored}
-        groups = sorted(resolver.groups().items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
         taken: set[int] = set()
         rows = []
-        for root, group in groups:
-            votes = Counter(self.stored[i].profile_id for i in group if i in self.stored)
-            pid = next((p for p, _ in votes.most_common() if p not in taken), None)
-            if pid is None:
-                pid = self.tx.new_profile_id()
+        for pid, group, state in assign_profiles(self.tx, resolver, self.stored):
             taken.add(pid)
-            state = resolver.state(root)
-            rows.append(_profile_row(pid, state))
+            rows.append(profile_row(pid, state))
             for i in group:
                 s = self.stored.get(i)
                 if s is None:
@@ -438,7 +487,7 @@ class _BatchWriter:
         ])
 
 
-def _profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
+def profile_row(pid: int, state: ProfileState) -> tuple[Any, ...]:
     """(profile_id, canonical, size, known, last_time, last_msg) as the store takes it."""
     untouched = state.last == NO_KEY
     return (

@@ -197,19 +197,25 @@ def import_(ctx: click.Context, paths: tuple[str, ...], quiet: bool, errors_file
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("id_", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@click.option("--as-of", "as_of", metavar="TIME",
+              help="The profile as it stood at this event time (ISO-8601; no offset means UTC).")
 @click.pass_context
-def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
+def lookup(ctx: click.Context, id_: str, as_json: bool, as_of: str | None) -> None:
     """Show the profile of ID: the canonical ID first, then every ID (canonical marked).
 
     \b
     Example:
         identity-graph lookup jen@email.com --json
+        identity-graph lookup jen@email.com --as-of 2024-05-01T00:00:00Z
     """
+    when = _parse_as_of(as_of) if as_of is not None else None
     graph = _open(ctx)
-    profile = graph.profile(id_)
+    profile = graph.profile(id_, as_of=when) if when is not None else graph.profile(id_)
     if profile is None:
         if graph.rules.is_blocked(id_):
             raise click.ClickException(_blocked_reason(id_))
+        if when is not None and graph.resolve(id_) is not None:
+            raise click.ClickException(f"{id_!r} had not been seen by {as_of}")
         raise click.ClickException(f"unknown ID {id_!r}")
     ids = sorted(profile.ids)
     if as_json:
@@ -220,6 +226,16 @@ def lookup(ctx: click.Context, id_: str, as_json: bool) -> None:
     click.echo(profile.canonical)
     for member in ids:
         click.echo(f"{member} *" if member == profile.canonical else member)
+
+
+def _parse_as_of(value: str) -> Any:
+    from .errors import InvalidEvent
+    from .events import parse_time, time_to_datetime
+
+    try:
+        return time_to_datetime(parse_time(value, "--as-of"))
+    except InvalidEvent as exc:
+        raise click.BadParameter(exc.reason, param_hint="'--as-of'") from None
 
 
 def _blocked_reason(value: str) -> str:
@@ -347,13 +363,191 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"events:       {s.events} (duplicates seen: {s.duplicates})")
     click.echo(f"newest event: {s.newest_event.isoformat() if s.newest_event else '-'}")
     click.echo(f"links:        {s.links_merged} merged, {s.links_together} together, {refused} refused"
-               + (f" ({reasons})" if reasons else ""))
+               + (f" ({reasons})" if reasons else "") + (f", {s.links_excluded} unmerged" if s.links_excluded else ""))
     click.echo("profile sizes:")
     for label, count in s.size_histogram:
         click.echo(f"  {label:>9}  {count}")
     click.echo("largest profiles:")
     for canonical, size in s.largest_profiles:
         click.echo(f"  {size:>9}  {canonical}")
+
+
+def _link_line(link: Any) -> str:
+    """One link for people: who, which way, which event, when, and what became of it."""
+    arrow = f"{link.source} <- {link.target}" if link.reversed else f"{link.source} -> {link.target}"
+    return f"{arrow}: {link.kind} link of {link.type} event {link.message_id!r} at {link.timestamp.isoformat()}"
+
+
+def _outcome(link: Any) -> str:
+    from .rules import REASONS
+
+    if link.outcome == "refused":
+        return f"refused ({link.reason}: {REASONS.get(link.reason, link.reason)})"
+    if link.outcome == "excluded":
+        return "unmerged (excluded by an unmerge)"
+    return link.outcome
+
+
+def _json_out(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+# ignore_unknown_options: IDs may start with "-" (see lookup).
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--json", "as_json", is_flag=True, help="Print the path as JSON.")
+@click.pass_context
+def explain(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
+    """Why A and B are the same person: the shortest chain of merges joining them.
+
+    Each line is one link, with the event that made it. When A and B are two people,
+    says so (exit 1), naming the refused link that kept them apart, if any.
+
+    \b
+    Example:
+        identity-graph explain anon-laptop-7f2a jen@email.com
+    """
+    graph = _open(ctx)
+    try:
+        path = graph.explain(a, b)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _json_out({"a": a, "b": b, "canonical": graph.resolve(a), "path": [l.to_dict() for l in path]})
+        return
+    links = f"{len(path)} link{'s' if len(path) != 1 else ''}"
+    click.echo(f"{a} and {b} are the same person (profile {graph.resolve(a)}), joined by {links}:")
+    for link in path:
+        click.echo("  " + _link_line(link))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("id_", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON lines.")
+@click.pass_context
+def history(ctx: click.Context, id_: str, as_json: bool) -> None:
+    """Every merge and refusal that shaped the profile of ID, in event-time order.
+
+    \b
+    Example:
+        identity-graph history 507f191e81
+    """
+    graph = _open(ctx)
+    try:
+        links = graph.history(id_)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    for link in links:
+        if as_json:
+            _json_out(link.to_dict())
+        else:
+            click.echo(f"{_link_line(link)}: {_outcome(link)}")
+
+
+def _print_edit(result: Any, head: str, as_json: bool) -> None:
+    if as_json:
+        _json_out(result.to_dict())
+        return
+    if result.dry_run:
+        click.echo("dry run: nothing was written; this is what would happen")
+    click.echo(head)
+    for link in result.links:
+        click.echo(f"  {_link_line(link)}: {_outcome(link)}")
+    for label, profiles in (("before", result.before), ("after", result.after)):
+        click.echo(f"{label}:")
+        for p in profiles:
+            click.echo(f"  {p.canonical}: {', '.join(sorted(p.ids))}")
+        if not profiles:
+            click.echo("  (none)")
+
+
+@cli.command()
+@click.option("--message-id", "message_id", required=True, help="The messageId of the event to take out.")
+@click.option("--undo", is_flag=True, help="Put the event's links back instead.")
+@click.option("--dry-run", is_flag=True, help="Show the profiles that would result; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def unmerge(ctx: click.Context, message_id: str, undo: bool, dry_run: bool, as_json: bool) -> None:
+    """Split a bad merge: the graph becomes what it would be without that event's links.
+
+    The event's IDs stay. The exclusion is stored, so re-importing the event does not
+    bring the merge back; --undo restores it. Only the affected profiles are recomputed.
+
+    \b
+    Example:
+        identity-graph unmerge --message-id 5f1c0a7e-shared-kiosk --dry-run
+    """
+    graph = _open(ctx)
+    try:
+        result = graph.unmerge(message_id, undo=undo, dry_run=dry_run)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "restored" if undo else "unmerged"
+    n = len(result.links)
+    _print_edit(result, f"{verb} event {message_id!r} ({n} link{'s' if n != 1 else ''}):", as_json)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("id_", metavar="ID")
+@click.option("--dry-run", is_flag=True, help="Show the profiles that would result; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def delete(ctx: click.Context, id_: str, dry_run: bool, as_json: bool) -> None:
+    """Erase ID (e.g. a GDPR request): it stops resolving and its links are removed.
+
+    The rest of the graph becomes what it would be had ID never been sent. Only a
+    keyed hash of ID is kept, so that re-importing old events never brings it back.
+
+    \b
+    Example:
+        identity-graph delete jen@email.com --dry-run
+    """
+    graph = _open(ctx)
+    try:
+        result = graph.delete(id_, dry_run=dry_run)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    n = len(result.links)
+    _print_edit(result, f"erased {id_!r} ({n} link{'s' if n != 1 else ''} removed):", as_json)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("id_", metavar="ID")
+@click.option("--format", "fmt", type=click.Choice(["dot", "graphml", "json", "svg", "png"]), default="dot",
+              show_default=True, help="Text formats, or a picture drawn by Graphviz's dot (svg, png).")
+@click.option("--output", "-o", type=click.File("wb", lazy=True), default="-", help="Write to FILE instead of stdout.")
+@click.option("--full", is_flag=True,
+              help="Draw every ID; by default more than 5 anonymous leaves around one ID are drawn as one node.")
+@click.pass_context
+def show(ctx: click.Context, id_: str, fmt: str, output: IO[bytes], full: bool) -> None:
+    """Draw the profile of ID: its IDs (boxes: known; ellipses: anonymous) and every link
+    touching them, with kind, messageId and time; refused links dashed, unmerged dotted.
+
+    \b
+    Example:
+        identity-graph show jen@email.com --format svg --output jen.svg
+    """
+    from .analysis import summarise_leaves
+    from .export import render, to_dot, to_graphml, to_json
+
+    graph = _open(ctx)
+    try:
+        drawing = graph.profile_graph(id_)
+        if fmt == "graphml":
+            data = to_graphml(drawing).encode()
+        elif fmt == "json":
+            data = to_json(drawing).encode()
+        else:
+            dot = to_dot(drawing if full else summarise_leaves(drawing))
+            data = dot.encode() if fmt == "dot" else render(dot, fmt)
+    except IdentityGraphError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "png" and getattr(output, "name", "-") in ("-", "<stdout>") and sys.stdout.isatty():
+        raise click.ClickException("a PNG is binary: write it to a file with --output FILE.png")
+    output.write(data)
 
 
 @cli.command()

@@ -23,6 +23,24 @@ class InvalidEvent(IdentityGraphError, ValueError):
         self.reason = reason
 
 
+class UnknownId(IdentityGraphError, KeyError):
+    """No event has mentioned this ID (or it was erased)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class UnknownEvent(IdentityGraphError, KeyError):
+    """No event with this messageId is in the graph."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotSameProfile(IdentityGraphError):
+    """Two IDs asked to be explained are in different profiles; the message says why."""
+
+
 class RulesMismatch(IdentityGraphError):
     """The graph was built with other merge rules than the ones it was opened with."""
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .cache import StateCache
-from .errors import RulesMismatch
-from .results import CONFLICT_REASON, GraphStats, IngestResult, IngestSummary, InvalidInput, Profile
+from .errors import RulesMismatch, UnknownId
+from .results import CONFLICT_REASON, EditResult, GraphStats, IngestResult, IngestSummary, InvalidInput, Link, Profile
 from .rules import MergeRules
 from .store import Store
 
@@ -240,28 +240,194 @@ class IdentityGraph:
         """
         return self.ingest(_new_event("identify", timestamp, userId=user_id, anonymousId=anonymous_id))
 
+    # -- correcting history --------------------------------------------------------------
+
+    def unmerge(self, message_id: str, *, undo: bool = False, dry_run: bool = False) -> EditResult:
+        """Take out the links of event ``message_id``: the graph becomes what it would be had
+        they never been applied. The event's IDs stay (a userId stays known).
+
+        The exclusion is stored: re-importing the event changes nothing, and every later
+        rebuild skips it. ``undo=True`` puts the links back. Only the affected cluster is
+        recomputed, from its remaining links in event-time order under the rules.
+        ``dry_run``: compute and return the result, write nothing.
+        Raises :class:`UnknownEvent` for a messageId the graph has not seen.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"})
+        ...     r = g.unmerge("m1")
+        ...     g.resolve("a1"), [sorted(p.ids) for p in r.before], [p.canonical for p in r.after]
+        ('a1', [['a1', 'u1']], ['a1', 'u1'])
+        """
+        from .edits import unmerge
+
+        return self._edit(lambda tx: unmerge(tx, self.rules, message_id, undo=undo, dry_run=dry_run))
+
+    def delete(self, id_: str, *, dry_run: bool = False) -> EditResult:
+        """Erase ``id_``: it no longer resolves, every link touching it is removed, and the
+        rest of the graph becomes what it would be had the ID never been sent (as if it
+        were a blocked value). The graph keeps a keyed hash of it (HMAC-SHA-256 under a
+        salt of its own), never the ID, so re-imported events drop it again.
+        ``dry_run``: compute and return the result, write nothing.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="a1")
+        ...     _ = g.delete("u1")
+        ...     _ = g.identify(user_id="u1", anonymous_id="a1")  # an old event, re-sent
+        ...     g.resolve("u1"), g.resolve("a1")
+        (None, 'a1')
+        """
+        from .edits import delete
+
+        return self._edit(lambda tx: delete(tx, self.rules, id_, dry_run=dry_run))
+
+    def _edit(self, fn: Callable[[Any], EditResult]) -> EditResult:
+        from .edits import DryRun
+
+        try:
+            return self._store.run_write(fn)
+        except DryRun as dry:  # raised inside the transaction, which was rolled back
+            return dry.result
+
     # -- reading -----------------------------------------------------------------------
 
-    def resolve(self, id_: str) -> str | None:
+    def resolve(self, id_: str, *, as_of: datetime | None = None) -> str | None:
         """The canonical ID of ``id_``'s profile, or None for an ID no event has mentioned.
+
+        ``as_of``: the canonical as it stood at that event time (see :meth:`profile`).
 
         >>> with IdentityGraph("sqlite://") as g:
         ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
         ...     g.resolve("device-1"), g.resolve("nobody")
         ('u1', None)
         """
+        if as_of is not None:
+            found = self.profile(id_, as_of=as_of)
+            return None if found is None else found.canonical
         return self._store.resolve(id_)
 
-    def profile(self, id_: str) -> Profile | None:
+    def profile(self, id_: str, *, as_of: datetime | None = None) -> Profile | None:
         """``id_``'s profile (canonical and every ID), or None for an unknown ID.
 
+        ``as_of``: the profile as it stood at that event time: only events with a time at
+        or before it count (a naive datetime is UTC); None if no event had mentioned
+        ``id_`` by then. It is rebuilt from the stored links of ``id_``'s cluster, so it
+        costs a replay of that cluster rather than two indexed queries.
+
+        >>> from datetime import datetime, timezone
         >>> with IdentityGraph("sqlite://") as g:
-        ...     _ = g.identify(user_id="u1", anonymous_id="device-1")
-        ...     sorted(g.profile("u1").ids)
-        ['device-1', 'u1']
+        ...     _ = g.identify(user_id="u1", anonymous_id="device-1", timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc))
+        ...     _ = g.alias("u1", "u2", timestamp=datetime(2024, 3, 1, tzinfo=timezone.utc))
+        ...     g.profile("device-1").canonical, g.profile("device-1", as_of=datetime(2024, 2, 1)).canonical
+        ('u2', 'u1')
         """
+        if as_of is not None:
+            from .analysis import profile_as_of
+            from .events import datetime_to_time
+
+            when = datetime_to_time(as_of)
+
+            def go(tx: Any) -> Profile | None:
+                cluster = tx.cluster([id_])
+                return profile_as_of(self.rules, tx.load_ids(cluster), tx.links_touching(cluster), id_, when)
+
+            return self._store.read(go)
         found = self._store.lookup(id_)
         return None if found is None else Profile(found[0], frozenset(found[1]))
+
+    def explain(self, a: str, b: str) -> list[Link]:
+        """Why ``a`` and ``b`` are one person: the shortest chain of merged links from ``a`` to ``b``.
+
+        Each link is oriented along the path (``path[0].source == a``, each link's target
+        the next one's source, ``path[-1].target == b``); ``reversed`` marks a link the
+        event made the other way round. ``a == b`` gives ``[]``. Raises
+        :class:`UnknownId` for an unknown ID and :class:`NotSameProfile` when they are
+        two people, naming the refused link that kept them apart, if one did.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"})
+        ...     _ = g.ingest({"type": "alias", "previousId": "jen@email.com", "userId": "u1", "messageId": "m2"})
+        ...     [(l.source, l.target, l.message_id) for l in g.explain("a1", "jen@email.com")]
+        [('a1', 'u1', 'm1'), ('u1', 'jen@email.com', 'm2')]
+        """
+        from .analysis import merge_path, refused_between
+        from .errors import NotSameProfile
+        from .rules import REASONS
+
+        def go(tx: Any) -> list[Link]:
+            rows = tx.load_ids([a, b])
+            for id_ in (a, b):
+                if id_ not in rows:
+                    raise UnknownId(f"unknown ID {id_!r}")
+            if a == b:
+                return []
+            ra, rb = rows[a], rows[b]
+            if ra.profile_id != rb.profile_id:
+                left, right = set(tx.members(ra.profile_id)), set(tx.members(rb.profile_id))
+                message = f"{a!r} and {b!r} are different people: profiles {ra.canonical!r} and {rb.canonical!r}"
+                refused = refused_between(tx.links_of(left), left, right)
+                if refused:
+                    l = refused[-1]
+                    more = f" ({len(refused) - 1} more refused links join them)" if len(refused) > 1 else ""
+                    message += (f"; the {l.kind} link {l.source} -> {l.target} of event {l.message_id!r}"
+                                f" ({l.event_type}) was refused: {REASONS.get(l.reason, l.reason)}{more}")
+                else:
+                    message += "; no link joins them"
+                raise NotSameProfile(message)
+            path = merge_path(tx.links_touching(tx.members(ra.profile_id)), a, b)
+            assert path is not None, "a profile's merged links join all of its IDs"
+            return path
+
+        return self._store.read(go)
+
+    def history(self, id_: str) -> list[Link]:
+        """Every merge and refusal that shaped ``id_``'s profile, in event-time order: the
+        links touching its IDs (refused and unmerged ones included, links between IDs
+        already together left out). Raises :class:`UnknownId` for an unknown ID.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1",
+        ...                   "timestamp": "2024-01-01T00:00:00Z"})
+        ...     _ = g.ingest({"type": "identify", "userId": "u2", "anonymousId": "a1", "messageId": "m2",
+        ...                   "timestamp": "2024-01-02T00:00:00Z"})
+        ...     [(l.message_id, l.outcome, l.reason) for l in g.history("u1")]
+        [('m1', 'merged', None), ('m2', 'refused', 'known_id')]
+        """
+        from .analysis import history
+
+        def go(tx: Any) -> list[Link]:
+            rows = tx.load_ids([id_])
+            if id_ not in rows:
+                raise UnknownId(f"unknown ID {id_!r}")
+            return history(tx.links_of(tx.members(rows[id_].profile_id)))
+
+        return self._store.read(go)
+
+    def profile_graph(self, id_: str) -> Any:
+        """``id_``'s profile as a ``networkx.MultiDiGraph``: its IDs, and every link touching
+        them with kind, outcome, messageId and time (see
+        :func:`identity_graph.analysis.profile_graph`). Raises :class:`UnknownId`.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify(user_id="u1", anonymous_id="a1")
+        ...     sorted(g.profile_graph("a1").edges(data="outcome"))
+        [('a1', 'u1', 'merged')]
+        """
+        from .analysis import profile_graph
+
+        def go(tx: Any) -> Any:
+            rows = tx.load_ids([id_])
+            if id_ not in rows:
+                raise UnknownId(f"unknown ID {id_!r}")
+            row = rows[id_]
+            members = tx.load_ids(tx.members(row.profile_id))
+            links = tx.links_of(members)
+            outside = tx.load_ids({i for l in links for i in (l.source, l.target)} - members.keys())
+            return profile_graph(
+                row.canonical, {i: s.known is not None for i, s in members.items()}, links,
+                {i: (s.canonical, s.known is not None) for i, s in outside.items()},
+            )
+
+        return self._store.read(go)
 
     def stats(self) -> GraphStats:
         """Counts over the whole graph: IDs, profiles, size histogram, largest profiles, links.
@@ -276,12 +442,14 @@ class IdentityGraph:
 
         raw = self._store.stats()
         refused: dict[str, int] = {}
-        merged = together = 0
+        merged = together = excluded = 0
         for outcome, reason, count in raw["links"]:
             if outcome == "merged":
                 merged += count
             elif outcome == "together":
                 together += count
+            elif outcome == "excluded":
+                excluded += count
             else:
                 refused[reason] = refused.get(reason, 0) + count
         newest = raw["newest_event_time"]
@@ -289,7 +457,7 @@ class IdentityGraph:
             ids=raw["ids"], known_ids=raw["known_ids"], profiles=raw["profiles"], events=raw["events"],
             duplicates=raw["duplicates"], newest_event=None if newest is None else time_to_datetime(newest),
             size_histogram=tuple(raw["size_histogram"]), largest_profiles=tuple(raw["largest_profiles"]),
-            links_merged=merged, links_together=together, links_refused=refused,
+            links_merged=merged, links_together=together, links_refused=refused, links_excluded=excluded,
         )
 
     def identities(self) -> Iterator[tuple[str, str]]:

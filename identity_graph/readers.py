@@ -240,6 +240,14 @@ def _json_error(data: bytes, exc: Exception) -> str:
         data.decode("utf-8")
     except UnicodeDecodeError as bad:
         return f"not UTF-8: byte 0x{data[bad.start]:02x} at column {bad.start + 1}"
+    stripped = data.rstrip(b"\r\n")
+    if stripped != data:
+        # Decoded with its line end, a truncated line is "line 2 column 1" of itself,
+        # which reads like the file's line 2: say where on this line it broke off.
+        try:
+            orjson.loads(stripped)
+        except orjson.JSONDecodeError as again:
+            return str(again)
     return str(exc)
 
 

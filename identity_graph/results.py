@@ -40,6 +40,57 @@ class LinkResult:
 
 
 @dataclass(frozen=True)
+class Link:
+    """One stored link: what an event asserted and what became of it.
+
+    ``outcome`` is ``merged``, ``together`` (already one profile), ``refused`` (``reason``
+    says which rule) or ``excluded`` (taken out by :meth:`IdentityGraph.unmerge`).
+    ``reversed`` is set on a link of an :meth:`IdentityGraph.explain` path that the path
+    walks against the event's own direction: the event linked ``target -> source``.
+    """
+
+    source: str
+    target: str
+    kind: str
+    outcome: str
+    reason: str | None
+    message_id: str
+    type: str
+    timestamp: datetime
+    reversed: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form (the time as ISO-8601)."""
+        return {
+            "source": self.source, "target": self.target, "kind": self.kind, "outcome": self.outcome,
+            "reason": self.reason, "message_id": self.message_id, "type": self.type,
+            "timestamp": self.timestamp.isoformat(), "reversed": self.reversed,
+        }
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What :meth:`IdentityGraph.unmerge` or :meth:`IdentityGraph.delete` changed.
+
+    ``links``: the links taken out, restored or removed. ``before``: the profiles the
+    edit changed, as they were; ``after``: the profiles that replaced them. With
+    ``dry_run`` nothing was written: this is what the edit would do.
+    """
+
+    dry_run: bool
+    links: tuple[Link, ...]
+    before: tuple[Profile, ...]
+    after: tuple[Profile, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        def profiles(ps: tuple[Profile, ...]) -> list[dict[str, object]]:
+            return [{"canonical": p.canonical, "ids": sorted(p.ids)} for p in ps]
+
+        return {"dry_run": self.dry_run, "links": [l.to_dict() for l in self.links],
+                "before": profiles(self.before), "after": profiles(self.after)}
+
+
+@dataclass(frozen=True)
 class IngestResult:
     """What ingesting one event did.
 
@@ -123,6 +174,8 @@ class GraphStats:
     links_merged: int
     links_together: int
     links_refused: dict[str, int]
+    #: Links taken out by :meth:`IdentityGraph.unmerge`.
+    links_excluded: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form (times as ISO-8601 strings)."""
@@ -135,5 +188,6 @@ class GraphStats:
             "newest_event": self.newest_event.isoformat() if self.newest_event else None,
             "size_histogram": dict(self.size_histogram),
             "largest_profiles": [{"canonical": c, "size": n} for c, n in self.largest_profiles],
-            "links": {"merged": self.links_merged, "together": self.links_together, "refused": self.links_refused},
+            "links": {"merged": self.links_merged, "together": self.links_together, "refused": self.links_refused,
+                      "excluded": self.links_excluded},
         }

@@ -46,6 +46,8 @@ profiles_t = Table(
 )
 
 #: Every link with its event and outcome; identified by (messageId, 0 explicit | 1 implicit).
+#: ``outcome`` is merged, together, refused (with ``reason``) or excluded (reason
+#: ``unmerged``: taken out by ``IdentityGraph.unmerge`` and skipped by every replay).
 links_t = Table(
     "ig_links", metadata,
     Column("message_id", Text, primary_key=True),
@@ -72,6 +74,15 @@ events_t = Table(
     Column("type", String(16), nullable=False),
     Column("tx", BigInteger, nullable=False),
     Column("digest", BigInteger),
+    sqlite_with_rowid=False,
+)
+
+#: Erased IDs (``IdentityGraph.delete``): a keyed hash of each, never the ID itself, so that
+#: events replayed later can be recognised without the graph keeping what it was asked to forget.
+suppressed_t = Table(
+    "ig_suppressed", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("erased_at", BigInteger, nullable=False),
     sqlite_with_rowid=False,
 )
 

@@ -299,6 +299,11 @@ class Store:
             cur.close()
             raw.close()
 
+    def read(self, fn: Callable[["ReadTx"], _T]) -> _T:
+        """Run ``fn(tx)`` in one read transaction (one snapshot of the graph)."""
+        with self._read() as cur:
+            return fn(ReadTx(cur, self.pg))
+
     _LOOKUP = (
         "SELECT p.canonical, p.profile_id FROM ig_ids i"
         " JOIN ig_profiles p ON p.profile_id = i.profile_id WHERE i.id = ?"
@@ -438,13 +443,12 @@ _LOAD_IDS = (
 _LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome, reason"
 
 
-class WriteTx:
-    """The queries of one locked write transaction. Created by :meth:`Store.run_write`."""
+class ReadTx:
+    """The queries that read the graph, on one DBAPI cursor (a read or a write transaction)."""
 
     def __init__(self, cur: Any, pg: bool) -> None:
         self.cur = cur
         self.sql = _Sql(pg)
-        self._lock: dict[str, Any] = {}
 
     def _select_in(
         self, head: str, column: str, values: Iterable[Any], prefix: tuple[Any, ...] = ()
@@ -489,6 +493,48 @@ class WriteTx:
     def links_touching(self, ids: Iterable[str]) -> list[StoredLink]:
         """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links)."""
         return [StoredLink(*r) for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", "source", ids)]
+
+    def links_of(self, ids: Iterable[str]) -> list[StoredLink]:
+        """Stored links with ``source`` or ``target`` in ``ids``, in event-time order."""
+        items = list(ids)
+        found: dict[tuple[str, int], StoredLink] = {}
+        for column in ("source", "target"):
+            for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", column, items):
+                found[(r[0], r[1])] = StoredLink(*r)
+        return sorted(found.values(), key=lambda l: (l.time, l.message_id, l.seq))
+
+    def links_of_message(self, message_id: str) -> list[StoredLink]:
+        """The links one event made, in ``seq`` order."""
+        self.cur.execute(self.sql(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE message_id = ? ORDER BY seq"),
+                         (message_id,))
+        return [StoredLink(*r) for r in self.cur.fetchall()]
+
+    def event_time(self, message_id: str) -> int | None:
+        """The event time of a registered messageId, or None when the graph has not seen it."""
+        self.cur.execute(self.sql("SELECT time FROM ig_events WHERE message_id = ?"), (message_id,))
+        row = self.cur.fetchone()
+        return None if row is None else row[0]
+
+    def members(self, profile_id: int) -> list[str]:
+        self.cur.execute(self.sql("SELECT id FROM ig_ids WHERE profile_id = ?"), (profile_id,))
+        return [r[0] for r in self.cur.fetchall()]
+
+    def read_meta(self, key: str) -> str | None:
+        self.cur.execute(self.sql("SELECT value FROM ig_meta WHERE key = ?"), (key,))
+        row = self.cur.fetchone()
+        return None if row is None else row[0]
+
+    def is_suppressed(self, digest: str) -> bool:
+        self.cur.execute(self.sql("SELECT 1 FROM ig_suppressed WHERE digest = ?"), (digest,))
+        return self.cur.fetchone() is not None
+
+
+class WriteTx(ReadTx):
+    """The queries of one locked write transaction. Created by :meth:`Store.run_write`."""
+
+    def __init__(self, cur: Any, pg: bool) -> None:
+        super().__init__(cur, pg)
+        self._lock: dict[str, Any] = {}
 
     def begin(self) -> None:
         """Take the writer lock (PostgreSQL; SQLite's is BEGIN IMMEDIATE) and read the lock row."""
@@ -606,3 +652,43 @@ class WriteTx:
     def update_link_outcomes(self, rows: list[tuple[str, str | None, int]]) -> None:
         """rows: (outcome, reason, message_id, seq)."""
         self._many("UPDATE ig_links SET outcome = ?, reason = ? WHERE message_id = ? AND seq = ?", rows)
+
+    # -- edits (unmerge, delete) ---------------------------------------------------------
+
+    def set_link_outcome(self, message_id: str, outcome: str, reason: str | None) -> None:
+        """Set the outcome of every link of one event."""
+        self.cur.execute(self.sql("UPDATE ig_links SET outcome = ?, reason = ? WHERE message_id = ?"),
+                         (outcome, reason, message_id))
+
+    def erase_id(self, id_: str) -> list[str]:
+        """Delete ``id_`` and every link touching it; return the messageIds of those links.
+
+        Their events' digests are cleared too: a digest fingerprints the event's IDs,
+        and an erased ID must leave nothing derived from it behind.
+        """
+        links = self.links_of([id_])
+        messages = sorted({l.message_id for l in links})
+        self.cur.execute(self.sql("DELETE FROM ig_links WHERE source = ? OR target = ?"), (id_, id_))
+        self.cur.execute(self.sql("DELETE FROM ig_ids WHERE id = ?"), (id_,))
+        self._many("UPDATE ig_events SET digest = NULL WHERE message_id = ?", [(m,) for m in messages])
+        return messages
+
+    def suppress(self, digest: str, when: int) -> None:
+        self.cur.execute(self.sql("INSERT INTO ig_suppressed (digest, erased_at) VALUES (?, ?)"), (digest, when))
+        self._lock["suppressed"] = self._lock.get("suppressed", 0) + 1
+
+    def suppressed(self) -> set[str] | None:
+        """Every erased ID's digest, or None when nothing was ever erased (the lock row
+        counts them, so the common case costs no query)."""
+        if not self._lock.get("suppressed"):
+            return None
+        self.cur.execute("SELECT digest FROM ig_suppressed")
+        return {r[0] for r in self.cur.fetchall()}
+
+    def salt(self) -> str:
+        """The graph's secret salt for erased-ID digests, made on first use."""
+        value = self.read_meta("salt")
+        if value is None:
+            value = uuid.uuid4().hex + uuid.uuid4().hex
+            self.cur.execute(self.sql("INSERT INTO ig_meta (key, value) VALUES ('salt', ?)"), (value,))
+        return value

@@ -38,7 +38,8 @@ SAMPLE_GRAPH = {
     P("carol@email.com", "anon-carol-tablet"),
 }
 JEN = "507f191e81\n507f191e81 *\nanon-family-ipad\nanon-laptop-7f3a\nanon-phone-19c2\njen@email.com\n"
-COMMANDS = ["alias", "export", "identify", "import", "ingest", "lookup", "rules", "stats"]
+COMMANDS = ["alias", "delete", "explain", "export", "history", "identify", "import", "ingest", "lookup", "rules",
+            "show", "stats", "unmerge"]
 SAME_ID = "applied: no link (the two IDs are the same)\n"
 BLOCKED_WHY = "is a blocked value, never an ID (a placeholder clients send; see `identity-graph rules`)"
 
@@ -630,7 +631,7 @@ def test_stats_of_an_empty_graph(graph_url: str) -> None:
     assert json.loads(ok(invoke(graph_url, "stats", "--json"))) == {
         "ids": 0, "known_ids": 0, "profiles": 0, "events": 0, "duplicates": 0, "newest_event": None,
         "size_histogram": dict.fromkeys(HISTOGRAM_LABELS, 0), "largest_profiles": [],
-        "links": {"merged": 0, "together": 0, "refused": {}},
+        "links": {"merged": 0, "together": 0, "refused": {}, "excluded": 0},
     }
 
 
@@ -666,7 +667,7 @@ def test_stats_json_has_every_figure(graph_url: str) -> None:
         "size_histogram": {"1": 0, "2": 1, "3-5": 2, "6-10": 0, "11-100": 0, "101-1000": 0, ">1000": 0},
         "largest_profiles": [{"canonical": "507f191e81", "size": 5}, {"canonical": "9001", "size": 3},
                              {"canonical": "carol@email.com", "size": 2}],
-        "links": {"merged": 7, "together": 0, "refused": {"known_id": 1}},
+        "links": {"merged": 7, "together": 0, "refused": {"known_id": 1}, "excluded": 0},
     }
     with IdentityGraph(graph_url) as g:
         assert json.loads(out) == g.stats().to_dict()
@@ -714,7 +715,7 @@ def test_stats_counts_refusals_by_reason(graph_url: str) -> None:
     assert "events:       5 (duplicates seen: 1)\n" in out
     assert "newest event: 2024-01-01T00:00:05+00:00\n" in out
     assert json.loads(ok(invoke(graph_url, "stats", "--json")))["links"] == {
-        "merged": 1, "together": 1, "refused": {"known_id": 2, "size_cap": 1}}
+        "merged": 1, "together": 1, "refused": {"known_id": 2, "size_cap": 1}, "excluded": 0}
 
 
 # -- rules -----------------------------------------------------------------------------------
