@@ -65,7 +65,8 @@ def delete(tx: WriteTx, rules: MergeRules, id_: str, *, dry_run: bool = False) -
     removed = tuple(to_link(l) for l in tx.links_of([id_]))
     tx.erase_id(id_)
     tx.suppress(digest, int(_time.time() * 1_000_000))
-    after = _rebuild(tx, rules, {i: s for i, s in old.items() if i != id_})
+    # The erased ID's profile goes too, even when the ID was alone in it.
+    after = _rebuild(tx, rules, {i: s for i, s in old.items() if i != id_}, {old[id_].profile_id})
     return _finish(EditResult(dry_run, removed, *_changes(old, after)))
 
 
@@ -75,10 +76,13 @@ def _finish(result: EditResult) -> EditResult:
     return result
 
 
-def _rebuild(tx: WriteTx, rules: MergeRules, stored: dict[str, StoredId]) -> dict[str, tuple[str, frozenset[str]]]:
+def _rebuild(
+    tx: WriteTx, rules: MergeRules, stored: dict[str, StoredId], gone: set[int] = frozenset()  # type: ignore[assignment]
+) -> dict[str, tuple[str, frozenset[str]]]:
     """Replay a closed cluster from its remaining stored links; write what changed.
 
-    Returns, for each ID, its new (canonical, members).
+    ``gone``: more profile numbers to delete (the profiles of erased IDs). Returns, for
+    each ID, its new (canonical, members).
     """
     links = [l for l in tx.links_touching(stored) if l.outcome != EXCLUDED]
     known_at = {i: s.known for i, s in stored.items() if s.known is not None}
@@ -95,7 +99,7 @@ def _rebuild(tx: WriteTx, rules: MergeRules, stored: dict[str, StoredId]) -> dic
             after[i] = (state.canonical, members)
             if stored[i].profile_id != pid:
                 moves.append((pid, i))
-    tx.delete_profiles(sorted({s.profile_id for s in stored.values()}))
+    tx.delete_profiles(sorted({s.profile_id for s in stored.values()} | gone))
     tx.insert_profiles(rows)
     tx.set_id_fields(("profile_id",), moves)
     return after

@@ -103,10 +103,15 @@ def reference(
     max_profile_ids: int = 1000,
     trace: list[tuple[str, ...]] | None = None,
     protect_known_ids: bool = True,
+    excluded: frozenset[str] = frozenset(),
+    erased: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
     """The ID -> canonical map the rules give for ``events`` (valid events only).
 
     ``trace``, when given, receives (messageId, kind, source, target, outcome) per link.
+    ``excluded``: messageIds whose links are never applied (an unmerge; the event's IDs
+    still exist and its userId is still known). ``erased``: IDs taken out of every event,
+    as if they were blocked values (a delete; compared exactly, not case-insensitively).
     """
     # Rule 9: the first occurrence of a messageId wins.
     seen: set[str] = set()
@@ -130,6 +135,7 @@ def reference(
         user = ref_id(e.get("userId"))
         anon = ref_id(e.get("anonymousId"))
         prev = ref_id(e.get("previousId")) if e["type"] == "alias" else None
+        user, anon, prev = (None if i in erased else i for i in (user, anon, prev))
         # Every non-blocked ID exists, at least alone (rule 7: its own canonical).
         for i in (prev, anon, user):
             if i is not None and i not in profile_of:
@@ -146,6 +152,8 @@ def reference(
             links.append((prev, user, "alias"))
         if anon is not None and user is not None and anon != user:
             links.append((anon, user, "implicit"))
+        if e["messageId"] in excluded:
+            links = []
         for source, target, kind in links:
             ps, pt = profile_of[source], profile_of[target]
             src_members, dst_members = members(ps), members(pt)
