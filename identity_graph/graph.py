@@ -240,6 +240,16 @@ class IdentityGraph:
         """
         return self.ingest(_new_event("identify", timestamp, userId=user_id, anonymousId=anonymous_id))
 
+    def optimize(self) -> None:
+        """Refresh the database's query-planner statistics after a large load (an import
+        of 10,000 events or more does it by itself): on PostgreSQL, until they exist, the
+        queries of late events, unmerges and deletes may scan whole tables.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     g.optimize()
+        """
+        self._store.analyze()
+
     # -- correcting history --------------------------------------------------------------
 
     def unmerge(self, message_id: str, *, undo: bool = False, dry_run: bool = False) -> EditResult:

@@ -29,6 +29,8 @@ from .results import CONFLICT_REASON, IngestSummary
 
 DEFAULT_IMPORT_BATCH = 10_000
 PARALLEL_MIN_BYTES = 8 << 20
+#: Events applied from which an import refreshes the planner statistics (see IdentityGraph.optimize).
+ANALYZE_AFTER = 10_000
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ def import_events(
 
     with gc_paused():
         _import(graph, expanded, summary, batch_size, strict, report, progress, parallel)
+    if summary.applied >= ANALYZE_AFTER:
+        graph.optimize()
     summary.elapsed = time.perf_counter() - started
     if on_progress is not None:
         on_progress(ImportProgress(done, total, summary.events, summary.elapsed))

@@ -246,6 +246,23 @@ class Store:
             finally:
                 self._writer = None
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the graph's tables.
+
+        On PostgreSQL a table filled by one big import has none until autovacuum gets to
+        it, and meanwhile the planner takes ``ig_links`` for small and scans it whole for
+        every cluster query (measured: an unmerge in a 1M-ID graph went from 280 ms to
+        the 10k-ID graph's time). On SQLite, ``PRAGMA optimize`` does the same, cheaply.
+        """
+        with self._read() as cur:
+            if self.pg:
+                cur.connection.commit()
+                cur.execute("ANALYZE ig_ids, ig_profiles, ig_links, ig_events")
+                cur.connection.commit()
+            else:
+                cur.execute("ROLLBACK")
+                cur.execute("PRAGMA optimize")
+
     def dispose(self) -> None:
         if self._writer is not None:
             self._writer.close()

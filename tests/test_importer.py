@@ -606,3 +606,28 @@ def test_a_large_import_through_the_command_equals_the_sequential_library_import
         expected = import_events(lib, [big], parallel=False)
         assert json.loads(result.stdout)["applied"] == expected.applied
         assert dict(via_cli.identities()) == dict(lib.identities())
+
+
+def test_a_large_import_refreshes_the_planner_statistics(pg_schemas, tmp_path: Path, monkeypatch) -> None:
+    # Without statistics PostgreSQL scans ig_links whole for every cluster query.
+    import identity_graph.importer as importer
+    from sqlalchemy import create_engine, text
+
+    monkeypatch.setattr(importer, "ANALYZE_AFTER", 4)
+    url = pg_schemas.new_url()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    def analysed() -> set[str]:
+        with engine.connect() as conn:
+            # reltuples is -1 until a table is first analysed (or vacuumed); the
+            # pg_stat views would lag behind, being flushed asynchronously.
+            return {r[0] for r in conn.execute(text(
+                "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+                " AND relkind = 'r' AND reltuples >= 0"))}
+
+    with IdentityGraph(url) as g:
+        assert import_events(g, [_write(tmp_path, "small.jsonl", jsonl(HISTORY[:3]))]).applied == 3
+        assert analysed() == set()
+        assert import_events(g, [_write(tmp_path, "big.jsonl", jsonl(HISTORY))]).applied == 4
+        assert {"ig_ids", "ig_links", "ig_profiles", "ig_events"} <= analysed()
+    engine.dispose()
