@@ -720,3 +720,32 @@ def test_the_readme_embeds_the_profile_picture() -> None:
     for id_ in ("507f191e81", "jen@email.com", "anon-laptop-7f3a", "anon-phone-19c2", "anon-family-ipad",
                 "bob@email.com", "refused: known_id", "profile 9001"):
         assert id_ in texts, id_
+
+
+# -- IDs that XML cannot hold as they are -----------------------------------------------------
+
+#: Characters an ID may hold (rule 1 rejects only NUL) that XML 1.0 forbids, even as
+#: character references: C0 controls other than tab, LF and CR, and U+FFFE / U+FFFF.
+XML_FORBIDDEN = ["\x01", "\x08", "\x0b", "\x1b", "\ufffe"]
+
+
+@pytest.mark.parametrize("char", XML_FORBIDDEN, ids=lambda c: f"U+{ord(c):04X}")
+def test_show_graphml_and_svg_stay_well_formed_xml_whatever_the_ids_hold(
+    graph_url: str, tmp_path: Path, char: str
+) -> None:
+    """An anonymous ID with a terminal escape (``"\\x1b[31m..."``) is accepted like any
+    other; the profile holding it must still export as GraphML that an XML parser, and
+    networkx itself, read back, and draw as a well-formed SVG."""
+    odd = f"anon{char}x"
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(jsonl([{"type": "identify", "userId": "u1", "anonymousId": odd, "messageId": "o1",
+                             "timestamp": "2024-01-01T00:00:00Z"}]))
+    ok(invoke(graph_url, "import", "--quiet", path))
+    out = ok(invoke(graph_url, "show", "u1", "--format", "graphml"))
+    graphml = tmp_path / "odd.graphml"
+    graphml.write_text(out, encoding="utf-8")
+    g = nx.read_graphml(graphml, force_multigraph=True)  # raises ParseError today
+    assert len(g) == 2 and "u1" in g and g.number_of_edges() == 1
+    if shutil.which("dot") is not None:
+        svg = ok(invoke(graph_url, "show", "u1", "--format", "svg")).encode()
+        assert "u1" in svg_texts(svg)  # ET.fromstring raises ParseError today
