@@ -295,6 +295,12 @@ def _id_field(obj: Mapping[str, Any], field: str) -> str | None:
         if len(text) > MAX_ID_LENGTH:
             raise InvalidEvent(field, f"is longer than {MAX_ID_LENGTH} characters ({len(text)})")
         return text
+    if isinstance(value, str):
+        # A str subclass from a Python caller (a StrEnum member...): its plain text. Said
+        # "must be a string or an integer, not a string" before.
+        return _id_field({field: str.__str__(value)}, field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _id_field({field: int.__repr__(value)}, field)  # an IntEnum member: its number
     if type(value) is float and value.is_integer() and abs(value) >= 2**63:
         # orjson reads a JSON integer beyond 64 bits as a float: its digits are already lost.
         raise InvalidEvent(

@@ -26,6 +26,7 @@ committed write changes (see :func:`fingerprint`).
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -152,6 +153,13 @@ BLOCKED_VALUES = ["", " ", "\t\n", "null", "NULL", "undefined", "Undefined", "no
                   "0", "-1", "anonymous", "ANONYMOUS", "[object Object]", "[OBJECT OBJECT]", 0, -1]
 WRONG_ID_TYPES = [(True, "a boolean"), (False, "a boolean"), (1.5, "a number with a fraction"),
                   ([], "an array"), (["u"], "an array"), ({}, "an object"), ({"id": "u"}, "an object")]
+class Plan:
+    """Values a Python caller may hold instead of plain str and int."""
+
+    STR = enum.Enum("Tier", {"GOLD": "plan-gold"}, type=str).GOLD
+    INT = enum.IntEnum("Code", {"X": 5070003}).X
+
+
 FUTURE = (datetime.now(timezone.utc) + timedelta(hours=24)).isoformat()
 
 
@@ -233,6 +241,11 @@ EVENT_CASES: list[EventCase] = [
     EventCase("userId integer beyond 64 bits", E("uid 10**30", userId=10**30 + 7),
               ok(P(str(10**30 + 7), "uid 10**30/a"),
                  doc="a Python int of any size is its decimal string; in a file see 'integer beyond 64 bits'"),
+              line=None),
+    EventCase("userId a str enum member", E("uid str enum", userId=Plan.STR),
+              ok(P("plan-gold", "uid str enum/a"), doc="a str or int subclass from Python is its plain value"),
+              line=None),
+    EventCase("userId an int enum member", E("uid int enum", userId=Plan.INT), ok(P("5070003", "uid int enum/a")),
               line=None),
     # -- blocked values (rule 2) -----------------------------------------------------------
     *[EventCase(f"blocked userId {value!r}", E(f"blocked {value!r}", userId=value, anonymousId=DROP), blocked())
