@@ -15,7 +15,7 @@ import networkx as nx
 from .events import time_to_datetime
 from .resolver import Key, Link as RuleLink, replay
 from .results import Link, Profile
-from .rules import EXCLUDED, MERGED, REFUSED, TOGETHER, MergeRules
+from .rules import UNMERGED, MERGED, REFUSED, TOGETHER, MergeRules
 from .store import StoredId, StoredLink
 
 
@@ -59,7 +59,7 @@ def merge_path(links: Iterable[StoredLink], a: str, b: str) -> list[Link] | None
 
 
 def history(links: Iterable[StoredLink]) -> list[Link]:
-    """The links that shaped a profile: merges, refusals and unmerged (excluded) links, in
+    """The links that shaped a profile: merges, refusals and unmerged links, in
     event-time order. Links between IDs already together changed nothing and are left out."""
     ordered = sorted(links, key=lambda l: (l.time, l.message_id, l.seq))
     return [to_link(l) for l in ordered if l.outcome != TOGETHER]
@@ -87,7 +87,7 @@ def profile_as_of(
     known_at: dict[str, Key] = {i: s.known for i, s in stored.items() if s.known is not None and s.known[0] <= time}
     kept = [
         RuleLink(l.source, l.target, l.kind, l.message_id, l.time, l.seq)  # type: ignore[arg-type]
-        for l in links if l.time <= time and l.outcome != EXCLUDED
+        for l in links if l.time <= time and l.outcome != UNMERGED
     ]
     resolver, _ = replay(rules, ids, known_at, kept)
     root = resolver.find(id_)
@@ -124,10 +124,11 @@ def profile_graph(
     return graph
 
 
-def summarise_leaves(graph: nx.MultiDiGraph, keep: int = 5) -> nx.MultiDiGraph:
+def summarise_leaves(graph: nx.MultiDiGraph, keep: int = 5, focus: str | None = None) -> nx.MultiDiGraph:
     """A copy of ``graph`` where, around each ID with more than ``keep`` anonymous leaves
     (anonymous IDs of the profile with a single link, merged, to that ID), the leaves are
     replaced by one node "N anonymous IDs": a 1,000-ID profile is mostly such leaves.
+    ``focus`` (the ID the picture was asked for) is always drawn itself.
 
     >>> g = nx.MultiDiGraph()
     >>> g.add_node("u", known=True, inside=True, canonical=True)
@@ -139,7 +140,7 @@ def summarise_leaves(graph: nx.MultiDiGraph, keep: int = 5) -> nx.MultiDiGraph:
     """
     leaves: dict[str, list[str]] = {}
     for node, data in graph.nodes(data=True):
-        if data.get("known") or not data.get("inside") or data.get("canonical"):
+        if data.get("known") or not data.get("inside") or data.get("canonical") or node == focus:
             continue
         edges = list(graph.in_edges(node, data=True)) + list(graph.out_edges(node, data=True))
         if len(edges) == 1 and edges[0][2].get("outcome") == MERGED:

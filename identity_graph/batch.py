@@ -28,7 +28,7 @@ import orjson
 from .events import Event
 from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, IngestSummary, LinkResult
-from .rules import EXCLUDED, MERGED, TOGETHER, MergeRules, Outcome
+from .rules import UNMERGED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
 from .store import StoredId, WriteTx
 
@@ -408,9 +408,9 @@ class _BatchWriter:
         """Rebuild the cluster from its stored links plus the batch's, in event-time order."""
         self.replayed_messages.update(p.event.message_id for p in plans)
         self._load(i for i in cluster if i not in self.stored)
-        # Links an unmerge excluded take no part in any replay.
+        # Links an unmerge took out take no part in any replay.
         stored_links = [
-            s for s in self.tx.links_touching(i for i in cluster if i in self.stored) if s.outcome != EXCLUDED
+            s for s in self.tx.links_touching(i for i in cluster if i in self.stored) if s.outcome != UNMERGED
         ]
         known_at = {i: self.stored[i].known for i in cluster if i in self.stored and self.stored[i].known}
         known_changes: dict[str, Key] = {}

@@ -363,7 +363,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"events:       {s.events} (duplicates seen: {s.duplicates})")
     click.echo(f"newest event: {s.newest_event.isoformat() if s.newest_event else '-'}")
     click.echo(f"links:        {s.links_merged} merged, {s.links_together} together, {refused} refused"
-               + (f" ({reasons})" if reasons else "") + (f", {s.links_excluded} unmerged" if s.links_excluded else ""))
+               + (f" ({reasons})" if reasons else "") + (f", {s.links_unmerged} unmerged" if s.links_unmerged else ""))
     click.echo("profile sizes:")
     for label, count in s.size_histogram:
         click.echo(f"  {label:>9}  {count}")
@@ -383,8 +383,8 @@ def _outcome(link: Any) -> str:
 
     if link.outcome == "refused":
         return f"refused ({link.reason}: {REASONS.get(link.reason, link.reason)})"
-    if link.outcome == "excluded":
-        return "unmerged (excluded by an unmerge)"
+    if link.outcome == "unmerged":
+        return "unmerged (taken out by an unmerge)"
     return link.outcome
 
 
@@ -408,7 +408,7 @@ def explain(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
 
     \b
     Example:
-        identity-graph explain anon-laptop-7f2a jen@email.com
+        identity-graph explain anon-laptop-7f3a jen@email.com
     """
     graph = _open(ctx)
     try:
@@ -417,6 +417,9 @@ def explain(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     if as_json:
         _json_out({"a": a, "b": b, "canonical": graph.resolve(a), "path": [l.to_dict() for l in path]})
+        return
+    if a == b:
+        click.echo(f"{a} and {b} are the same ID (profile {graph.resolve(a)})")
         return
     links = f"{len(path)} link{'s' if len(path) != 1 else ''}"
     click.echo(f"{a} and {b} are the same person (profile {graph.resolve(a)}), joined by {links}:")
@@ -445,9 +448,11 @@ def history(ctx: click.Context, id_: str, as_json: bool) -> None:
             _json_out(link.to_dict())
         else:
             click.echo(f"{_link_line(link)}: {_outcome(link)}")
+    if not links and not as_json:
+        click.echo(f"(no links: {id_} is alone in its profile)")
 
 
-def _print_edit(result: Any, head: str, as_json: bool) -> None:
+def _print_edit(result: Any, head: str, as_json: bool, removed: bool = False) -> None:
     if as_json:
         _json_out(result.to_dict())
         return
@@ -455,13 +460,15 @@ def _print_edit(result: Any, head: str, as_json: bool) -> None:
         click.echo("dry run: nothing was written; this is what would happen")
     click.echo(head)
     for link in result.links:
-        click.echo(f"  {_link_line(link)}: {_outcome(link)}")
+        # A removed link has no outcome any more: say what it was.
+        click.echo(f"  {_link_line(link)}: " + (f"(was {link.outcome})" if removed else _outcome(link)))
+    if not result.before and not result.after:
+        click.echo("no profile changed")
+        return
     for label, profiles in (("before", result.before), ("after", result.after)):
         click.echo(f"{label}:")
         for p in profiles:
             click.echo(f"  {p.canonical}: {', '.join(sorted(p.ids))}")
-        if not profiles:
-            click.echo("  (none)")
 
 
 @cli.command()
@@ -511,7 +518,7 @@ def delete(ctx: click.Context, id_: str, dry_run: bool, as_json: bool) -> None:
     except IdentityGraphError as exc:
         raise click.ClickException(str(exc)) from None
     n = len(result.links)
-    _print_edit(result, f"erased {id_!r} ({n} link{'s' if n != 1 else ''} removed):", as_json)
+    _print_edit(result, f"erased {id_!r} ({n} link{'s' if n != 1 else ''} removed):", as_json, removed=True)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -541,7 +548,7 @@ def show(ctx: click.Context, id_: str, fmt: str, output: IO[bytes], full: bool) 
         elif fmt == "json":
             data = to_json(drawing).encode()
         else:
-            dot = to_dot(drawing if full else summarise_leaves(drawing))
+            dot = to_dot(drawing if full else summarise_leaves(drawing, focus=id_))
             data = dot.encode() if fmt == "dot" else render(dot, fmt)
     except IdentityGraphError as exc:
         raise click.ClickException(str(exc)) from None

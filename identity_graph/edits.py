@@ -18,7 +18,7 @@ from .batch import profile_row, assign_profiles, erased_digest
 from .errors import IdentityGraphError, UnknownEvent, UnknownId
 from .resolver import Link as RuleLink, replay
 from .results import EditResult, Profile
-from .rules import EXCLUDED, REFUSED, MergeRules
+from .rules import UNMERGED, REFUSED, MergeRules
 from .store import StoredId, WriteTx
 
 
@@ -37,15 +37,15 @@ def unmerge(tx: WriteTx, rules: MergeRules, message_id: str, *, undo: bool = Fal
     links = tx.links_of_message(message_id)
     if not links:
         raise IdentityGraphError(f"event {message_id!r} linked no IDs: there is nothing to unmerge")
-    excluded = all(l.outcome == EXCLUDED for l in links)
-    if undo and not excluded:
+    unmerged = all(l.outcome == UNMERGED for l in links)
+    if undo and not unmerged:
         raise IdentityGraphError(f"event {message_id!r} is not unmerged: there is nothing to undo")
-    if not undo and excluded:
+    if not undo and unmerged:
         raise IdentityGraphError(f"event {message_id!r} is already unmerged (undo restores it)")
     cluster = tx.cluster({i for l in links for i in (l.source, l.target)})
     old = tx.load_ids(cluster)
     # Restored links get a placeholder outcome; the rebuild decides their real one.
-    tx.set_link_outcome(message_id, REFUSED if undo else EXCLUDED, None if undo else "unmerged")
+    tx.set_link_outcome(message_id, REFUSED if undo else UNMERGED, None)
     after = _rebuild(tx, rules, old)
     changed = tuple(to_link(l) for l in tx.links_of_message(message_id))
     return _finish(EditResult(dry_run, changed, *_changes(old, after)))
@@ -84,7 +84,7 @@ def _rebuild(
     ``gone``: more profile numbers to delete (the profiles of erased IDs). Returns, for
     each ID, its new (canonical, members).
     """
-    links = [l for l in tx.links_touching(stored) if l.outcome != EXCLUDED]
+    links = [l for l in tx.links_touching(stored) if l.outcome != UNMERGED]
     known_at = {i: s.known for i, s in stored.items() if s.known is not None}
     rule_links = [RuleLink(l.source, l.target, l.kind, l.message_id, l.time, l.seq) for l in links]  # type: ignore[arg-type]
     resolver, outcomes = replay(rules, sorted(stored), known_at, rule_links)

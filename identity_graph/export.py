@@ -8,7 +8,9 @@ GraphML and JSON come from networkx itself.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 import subprocess
 
@@ -27,10 +29,26 @@ class GraphvizMissing(IdentityGraphError):
     """``dot`` is not installed, so a picture cannot be drawn."""
 
 
+#: Characters an ID may hold (only NUL is refused) that XML 1.0 cannot, not even as a
+#: character reference: C0 controls but tab, LF and CR, and U+FFFE / U+FFFF.
+_NOT_XML = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    r"""``text`` with the characters XML cannot hold written as ``\\xNN`` / ``\\uNNNN``
+    (GraphML and the SVG that Graphviz draws are XML).
+
+    >>> xml_safe("anon\x1b[31m")
+    'anon\\x1b[31m'
+    """
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text)
+
+
 def _quote(text: str) -> str:
     # DOT double-quoted strings: only the quote and the backslash need escaping; newlines
     # are kept out of labels (an ID may hold one) by escaping them as \n.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + xml_safe(text) + '"'
 
 
 def to_dot(graph: nx.MultiDiGraph) -> str:
@@ -45,6 +63,7 @@ def to_dot(graph: nx.MultiDiGraph) -> str:
     >>> print(to_dot(g))  # doctest: +NORMALIZE_WHITESPACE
     digraph "profile u1" {
       rankdir=LR;
+      nodesep=0.4; ranksep=1.2;
       node [fontname="Helvetica", fontsize=10];
       edge [fontname="Helvetica", fontsize=8];
       "u1" [shape=box, style="bold,filled", fillcolor="#cfe2ff"];
@@ -53,6 +72,7 @@ def to_dot(graph: nx.MultiDiGraph) -> str:
     }
     """
     lines = [f"digraph {_quote('profile ' + graph.graph.get('canonical', ''))} {{", "  rankdir=LR;",
+             "  nodesep=0.4; ranksep=1.2;",
              '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=8];']
     for node, data in graph.nodes(data=True):
         attrs = ["shape=box" if data.get("known") else ("shape=note" if data.get("summary") else "shape=ellipse")]
@@ -73,7 +93,7 @@ def to_dot(graph: nx.MultiDiGraph) -> str:
         if outcome == "refused":
             label += f"\nrefused: {data.get('reason', '')}"
             attrs.append("style=dashed, color=red3, fontcolor=red3")
-        elif outcome == "excluded":
+        elif outcome == "unmerged":
             label += "\nunmerged"
             attrs.append("style=dotted, color=grey50")
         elif outcome == "together":
@@ -84,8 +104,21 @@ def to_dot(graph: nx.MultiDiGraph) -> str:
 
 
 def to_graphml(graph: nx.MultiDiGraph) -> str:
-    """The graph as GraphML (networkx's writer), every node and edge attribute kept."""
-    return "\n".join(nx.generate_graphml(graph)) + "\n"
+    """The graph as GraphML (networkx's writer), every node and edge attribute kept;
+    characters XML cannot hold are escaped (see :func:`xml_safe`)."""
+    def safe(value: object) -> object:
+        return xml_safe(value) if isinstance(value, str) else value
+
+    clean = nx.MultiDiGraph(**{k: safe(v) for k, v in graph.graph.items()})
+    clean.add_nodes_from((safe(n), {k: safe(v) for k, v in d.items()}) for n, d in graph.nodes(data=True))
+    clean.add_edges_from(
+        (safe(u), safe(v), safe(key), {k: safe(x) for k, x in d.items()}) for u, v, key, d in graph.edges(keys=True, data=True)
+    )
+    # Written whole, not joined from generate_graphml's lines: those are split with
+    # str.splitlines(), which also splits at \x1c-\x1e and \x85 inside an ID.
+    buffer = io.BytesIO()
+    nx.write_graphml(clean, buffer, encoding="utf-8")
+    return buffer.getvalue().decode("utf-8")
 
 
 def to_json(graph: nx.MultiDiGraph) -> str:

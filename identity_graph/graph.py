@@ -452,14 +452,14 @@ class IdentityGraph:
 
         raw = self._store.stats()
         refused: dict[str, int] = {}
-        merged = together = excluded = 0
+        merged = together = unmerged = 0
         for outcome, reason, count in raw["links"]:
             if outcome == "merged":
                 merged += count
             elif outcome == "together":
                 together += count
-            elif outcome == "excluded":
-                excluded += count
+            elif outcome == "unmerged":
+                unmerged += count
             else:
                 refused[reason] = refused.get(reason, 0) + count
         newest = raw["newest_event_time"]
@@ -467,7 +467,7 @@ class IdentityGraph:
             ids=raw["ids"], known_ids=raw["known_ids"], profiles=raw["profiles"], events=raw["events"],
             duplicates=raw["duplicates"], newest_event=None if newest is None else time_to_datetime(newest),
             size_histogram=tuple(raw["size_histogram"]), largest_profiles=tuple(raw["largest_profiles"]),
-            links_merged=merged, links_together=together, links_refused=refused, links_excluded=excluded,
+            links_merged=merged, links_together=together, links_refused=refused, links_unmerged=unmerged,
         )
 
     def identities(self) -> Iterator[tuple[str, str]]:

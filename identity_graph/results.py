@@ -44,7 +44,7 @@ class Link:
     """One stored link: what an event asserted and what became of it.
 
     ``outcome`` is ``merged``, ``together`` (already one profile), ``refused`` (``reason``
-    says which rule) or ``excluded`` (taken out by :meth:`IdentityGraph.unmerge`).
+    says which rule) or ``unmerged`` (taken out by :meth:`IdentityGraph.unmerge`).
     ``reversed`` is set on a link of an :meth:`IdentityGraph.explain` path that the path
     walks against the event's own direction: the event linked ``target -> source``.
     """
@@ -175,7 +175,7 @@ class GraphStats:
     links_together: int
     links_refused: dict[str, int]
     #: Links taken out by :meth:`IdentityGraph.unmerge`.
-    links_excluded: int = 0
+    links_unmerged: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form (times as ISO-8601 strings)."""
@@ -189,5 +189,5 @@ class GraphStats:
             "size_histogram": dict(self.size_histogram),
             "largest_profiles": [{"canonical": c, "size": n} for c, n in self.largest_profiles],
             "links": {"merged": self.links_merged, "together": self.links_together, "refused": self.links_refused,
-                      "excluded": self.links_excluded},
+                      "unmerged": self.links_unmerged},
         }

@@ -21,7 +21,7 @@ MERGED: Outcome = "merged"
 REFUSED: Outcome = "refused"
 TOGETHER: Outcome = "together"
 #: A stored link taken out by an unmerge: every replay skips it (not an outcome of decide()).
-EXCLUDED = "excluded"
+UNMERGED = "unmerged"
 
 #: Why a link was refused (rules 5 and 6): code -> sentence for people.
 REASONS = {

@@ -46,8 +46,8 @@ profiles_t = Table(
 )
 
 #: Every link with its event and outcome; identified by (messageId, 0 explicit | 1 implicit).
-#: ``outcome`` is merged, together, refused (with ``reason``) or excluded (reason
-#: ``unmerged``: taken out by ``IdentityGraph.unmerge`` and skipped by every replay).
+#: ``outcome`` is merged, together, refused (with ``reason``) or unmerged (taken out by
+#: ``IdentityGraph.unmerge`` and skipped by every replay).
 links_t = Table(
     "ig_links", metadata,
     Column("message_id", Text, primary_key=True),

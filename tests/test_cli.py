@@ -631,7 +631,7 @@ def test_stats_of_an_empty_graph(graph_url: str) -> None:
     assert json.loads(ok(invoke(graph_url, "stats", "--json"))) == {
         "ids": 0, "known_ids": 0, "profiles": 0, "events": 0, "duplicates": 0, "newest_event": None,
         "size_histogram": dict.fromkeys(HISTOGRAM_LABELS, 0), "largest_profiles": [],
-        "links": {"merged": 0, "together": 0, "refused": {}, "excluded": 0},
+        "links": {"merged": 0, "together": 0, "refused": {}, "unmerged": 0},
     }
 
 
@@ -667,7 +667,7 @@ def test_stats_json_has_every_figure(graph_url: str) -> None:
         "size_histogram": {"1": 0, "2": 1, "3-5": 2, "6-10": 0, "11-100": 0, "101-1000": 0, ">1000": 0},
         "largest_profiles": [{"canonical": "507f191e81", "size": 5}, {"canonical": "9001", "size": 3},
                              {"canonical": "carol@email.com", "size": 2}],
-        "links": {"merged": 7, "together": 0, "refused": {"known_id": 1}, "excluded": 0},
+        "links": {"merged": 7, "together": 0, "refused": {"known_id": 1}, "unmerged": 0},
     }
     with IdentityGraph(graph_url) as g:
         assert json.loads(out) == g.stats().to_dict()
@@ -715,7 +715,7 @@ def test_stats_counts_refusals_by_reason(graph_url: str) -> None:
     assert "events:       5 (duplicates seen: 1)\n" in out
     assert "newest event: 2024-01-01T00:00:05+00:00\n" in out
     assert json.loads(ok(invoke(graph_url, "stats", "--json")))["links"] == {
-        "merged": 1, "together": 1, "refused": {"known_id": 2, "size_cap": 1}, "excluded": 0}
+        "merged": 1, "together": 1, "refused": {"known_id": 2, "size_cap": 1}, "unmerged": 0}
 
 
 # -- rules -----------------------------------------------------------------------------------

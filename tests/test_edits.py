@@ -57,7 +57,7 @@ def outcomes(g: IdentityGraph) -> dict[tuple[str, str, str], str]:
     names = {"refused": {"known_id": "refused: known ID", "size_cap": "refused: size cap"}}
     return {
         (l.message_id, l.source, l.target): names.get(l.outcome, {}).get(l.reason, l.outcome)  # type: ignore[arg-type]
-        for l in g._store.all_links() if l.outcome != "excluded"
+        for l in g._store.all_links() if l.outcome != "unmerged"
     }
 
 
@@ -84,7 +84,7 @@ def test_unmerge_equals_the_reference_without_those_links(graph_url: str, seed: 
             assert dict(g.identities()) == before, "a dry run writes nothing"
             real = g.unmerge(mid)
             assert (dry.before, dry.after, dry.links) == (real.before, real.after, real.links)
-            assert all(l.outcome == "excluded" and l.message_id == mid for l in real.links)
+            assert all(l.outcome == "unmerged" and l.message_id == mid for l in real.links)
             excluded.add(mid)
             assert_consistent(g)
             assert dict(g.identities()) == reference(events, CAP, excluded=frozenset(excluded)), mid
@@ -99,7 +99,7 @@ def test_unmerge_equals_the_reference_without_those_links(graph_url: str, seed: 
 
         for mid in chosen[:2]:
             restored = g.unmerge(mid, undo=True)
-            assert all(l.outcome != "excluded" for l in restored.links)
+            assert all(l.outcome != "unmerged" for l in restored.links)
             excluded.discard(mid)
             assert_consistent(g)
             assert dict(g.identities()) == reference(events, CAP, excluded=frozenset(excluded))
