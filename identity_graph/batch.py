@@ -21,7 +21,7 @@ import hmac
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import orjson
 
@@ -30,7 +30,7 @@ from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, IngestSummary, LinkResult
 from .rules import UNMERGED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
-from .store import StoredId, WriteTx
+from .store import StoredId, WriteTx, same_event
 
 
 @contextmanager
@@ -65,14 +65,6 @@ class Plan(NamedTuple):
     links: tuple[Link, ...]
     digest: int = 0
     origin: Any = None
-
-    @property
-    def content(self) -> tuple[str, int]:
-        """What two events with one messageId must share to be the same event: type and IDs.
-
-        Not the time: an event sent without one is given the time it is read at, which
-        differs between two reads of the very same event."""
-        return (self.event.type, self.digest)
 
 
 def event_digest(event: Event) -> int:
@@ -137,6 +129,8 @@ class BatchCounts:
     touched: set[int] = field(default_factory=set)
     absorbed: set[int] = field(default_factory=set)
     conflicting: list[Plan] = field(default_factory=list)
+    #: Indices, in the ``repeats`` given to :func:`apply_plans`, of those that conflict.
+    repeat_conflicts: set[int] = field(default_factory=set)
 
 
 def apply_plans(
@@ -144,13 +138,15 @@ def apply_plans(
     rules: MergeRules,
     cache: StateCache,
     plans: list[Plan],
-    duplicates_seen: int = 0,
+    repeats: Sequence[Plan] = (),
     counts: BatchCounts | None = None,
     counts_only: bool = False,
 ) -> list[IngestResult] | IngestSummary:
     """Apply ``plans`` (distinct messageIds) in one transaction; one result per plan, in order.
 
-    ``duplicates_seen``: duplicates the caller already dropped, added to the graph's count.
+    ``repeats``: the batch's later events with the messageId of one of ``plans``; each is
+    a duplicate, or a conflict when its content differs from the event that holds the
+    messageId (the stored one, else its first in the batch).
     ``counts``, if given, is filled in (reset first: a retried transaction starts over).
     ``counts_only``: return the results counted into an :class:`IngestSummary` instead of
     one object per event (bulk paths need the counts only, and building the objects costs
@@ -159,15 +155,27 @@ def apply_plans(
     """
     counts = counts if counts is not None else BatchCounts()
     counts.new_ids, counts.touched, counts.absorbed, counts.conflicting = 0, set(), set(), []
+    counts.repeat_conflicts = set()
     cache.begin(tx)
     suppressed = tx.suppressed()
     if suppressed:
         plans = _without_erased(plans, rules, tx.salt(), suppressed)
-    fresh_ids, conflicts = tx.claim_message_ids(
+    fresh_ids, earlier = tx.claim_message_ids(
         [(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans]
     )
-    tx.count_duplicates(duplicates_seen + len(plans) - len(fresh_ids))
-    counts.conflicting = [p for p in plans if p.event.message_id in conflicts] if conflicts else []
+    tx.count_duplicates(len(repeats) + len(plans) - len(fresh_ids))
+    conflicts = {
+        p.event.message_id for p in plans
+        if p.event.message_id in earlier and not same_event(earlier[p.event.message_id], _row(p))
+    }
+    counts.conflicting = [p for p in plans if p.event.message_id in conflicts]
+    if repeats:
+        holder = {p.event.message_id: _row(p) for p in plans if p.event.message_id in fresh_ids}
+        holder.update(earlier)
+        counts.repeat_conflicts = {
+            i for i, r in enumerate(repeats) if not same_event(holder[r.event.message_id], _row(r))
+        }
+        counts.conflicting += [repeats[i] for i in sorted(counts.repeat_conflicts)]
     # A blocked event changes nothing, but its messageId is claimed all the same: the
     # first event with a messageId wins, however the events were batched (rule 9).
     fresh = sorted((p for p in plans if p.ids and p.event.message_id in fresh_ids), key=lambda p: p.event.key)
@@ -179,7 +187,10 @@ def apply_plans(
         outcomes, replayed = writer.outcomes, writer.replayed_messages
     cache.commit(tx)
     if counts_only:
-        return _tally(plans, fresh_ids, conflicts, outcomes, replayed)
+        summary = _tally(plans, fresh_ids, conflicts, outcomes, replayed)
+        summary.conflicts += len(counts.repeat_conflicts)
+        summary.duplicates += len(repeats) - len(counts.repeat_conflicts)
+        return summary
     results = []
     for p in plans:
         mid = p.event.message_id
@@ -192,6 +203,11 @@ def apply_plans(
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
         results.append(IngestResult(mid, "applied", links, mid in replayed))
     return results
+
+
+def _row(plan: Plan) -> tuple[int, str, int]:
+    """(time, type, digest): the plan as the messageId register holds an event."""
+    return (plan.event.time, plan.event.type, plan.digest)
 
 
 def _without_erased(plans: list[Plan], rules: MergeRules, salt: str, suppressed: set[str]) -> list[Plan]:

@@ -150,20 +150,19 @@ class IdentityGraph:
         Events are deduplicated by messageId (the first wins, within the list and against
         the graph). ``counts`` receives the new IDs and the profiles written.
         """
-        from .batch import apply_plans
+        from .batch import BatchCounts, apply_plans
 
+        counts = counts if counts is not None else BatchCounts()
         results: list[IngestResult | None] = [None] * len(events)
-        plans, slots, duplicates, conflicting = self._plans(events)
-        for slot, event in enumerate(events):
-            if slot not in slots:
-                status = "conflict" if slot in conflicting else "duplicate"
-                results[slot] = IngestResult(event.message_id, status)  # type: ignore[arg-type]
-        if plans:
-            applied = self._store.run_write(
-                lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts)
-            )
-            for slot, result in zip(slots, applied):  # type: ignore[arg-type]
-                results[slot] = result
+        plans, slots, repeats = self._plans(events)
+        applied = self._store.run_write(
+            lambda tx: apply_plans(tx, self.rules, self._cache, plans, list(repeats.values()), counts)
+        )
+        for slot, result in zip(slots, applied):  # type: ignore[arg-type]
+            results[slot] = result
+        for index, (slot, plan) in enumerate(repeats.items()):
+            status = "conflict" if index in counts.repeat_conflicts else "duplicate"
+            results[slot] = IngestResult(plan.event.message_id, status)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def apply_counted(self, events: list[Event] | list[Plan], summary: IngestSummary) -> list[Plan]:
@@ -178,42 +177,38 @@ class IdentityGraph:
         """
         from .batch import BatchCounts, apply_plans
 
-        plans, _, duplicates, conflicting = self._plans(events)
+        plans, _, repeats = self._plans(events)
+        if not plans:
+            return []
         counts = BatchCounts()
-        batch = IngestSummary(duplicates=duplicates - len(conflicting), conflicts=len(conflicting))
-        if plans:
-            batch.merge(self._store.run_write(  # type: ignore[arg-type]
-                lambda tx: apply_plans(tx, self.rules, self._cache, plans, duplicates, counts, counts_only=True)
-            ))
-        summary.merge(batch)
+        summary.merge(self._store.run_write(  # type: ignore[arg-type]
+            lambda tx: apply_plans(tx, self.rules, self._cache, plans, list(repeats.values()), counts,
+                                   counts_only=True)
+        ))
         summary.new_ids += counts.new_ids
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched
-        return [*conflicting.values(), *counts.conflicting]
+        return counts.conflicting
 
-    def _plans(
-        self, events: list[Event] | list[Plan]
-    ) -> tuple[list[Plan], dict[int, None], int, dict[int, Plan]]:
-        """Plans of the events whose messageId is first in the list and their slots; how
-        many others there are; and, by slot, those of the others whose content differs
-        from the first's (conflicts)."""
+    def _plans(self, events: list[Event] | list[Plan]) -> tuple[list[Plan], dict[int, None], dict[int, Plan]]:
+        """Plans of the events whose messageId is first in the list and their slots; and,
+        by slot, the plans of the others (repeats of a messageId)."""
         from .batch import Plan, plan_event
 
         plans: list[Plan] = []
         slots: dict[int, None] = {}
-        first: dict[str, Plan] = {}
-        conflicting: dict[int, Plan] = {}
+        seen: set[str] = set()
+        repeats: dict[int, Plan] = {}
         rules = self.rules
         for slot, item in enumerate(events):
             plan = item if type(item) is Plan else plan_event(item, rules)  # type: ignore[arg-type]
-            earlier = first.get(plan.event.message_id)
-            if earlier is None:
-                first[plan.event.message_id] = plan
+            if plan.event.message_id in seen:
+                repeats[slot] = plan
+            else:
+                seen.add(plan.event.message_id)
                 plans.append(plan)
                 slots[slot] = None
-            elif earlier.content != plan.content:
-                conflicting[slot] = plan
-        return plans, slots, len(events) - len(plans), conflicting
+        return plans, slots, repeats
 
     def alias(self, previous_id: str, user_id: str, *, timestamp: datetime | None = None) -> IngestResult:
         """Ingest an ``alias`` event (now, with a new messageId) merging ``previous_id`` into ``user_id``.

@@ -409,7 +409,7 @@ def _transient(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-def _same_event(stored: tuple[Any, ...], incoming: tuple[Any, ...]) -> bool:
+def same_event(stored: tuple[Any, ...], incoming: tuple[Any, ...]) -> bool:
     """(time, type, digest) of a registered event against a new one with its messageId.
 
     Time is not compared: an event sent without a time gets the time it was read, so
@@ -577,12 +577,15 @@ class WriteTx(ReadTx):
         self._lock["next_profile_id"] = pid + 1
         return pid
 
-    def claim_message_ids(self, rows: list[tuple[str, int, str, int]]) -> tuple[set[str], set[str]]:
+    def claim_message_ids(
+        self, rows: list[tuple[str, int, str, int]]
+    ) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
         """Register (message_id, time, type, digest) rows (distinct messageIds).
 
-        Returns ``(fresh, conflicts)``: the messageIds that were new, and those already
-        registered for an event with other content (type or digest differ: the
-        first event wins, the caller reports the second). Rule 9 in one pass: the insert
+        Returns ``(fresh, earlier)``: the messageIds that were new, and for the others
+        the registered event's (time, type, digest), to tell a re-send from a different
+        event re-using the messageId (see :func:`same_event`; the first event wins, the
+        caller reports the second). Rule 9 in one pass: the insert
         skips messageIds already registered. On SQLite a plain executemany is the fast
         path; only when it inserted fewer rows than given are the others looked up, by
         the transaction number each row carries.
@@ -599,7 +602,7 @@ class WriteTx(ReadTx):
                 )
                 fresh.update(r[0] for r in self.cur.fetchall())
             if len(fresh) == len(rows):
-                return fresh, set()
+                return fresh, {}
             earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE ", "message_id",
                                       [row[0] for row in rows if row[0] not in fresh])
         else:
@@ -609,13 +612,11 @@ class WriteTx(ReadTx):
                 [(*row, tx_number) for row in rows],
             )
             if self.cur.rowcount == len(rows):
-                return {row[0] for row in rows}, set()
+                return {row[0] for row in rows}, {}
             earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
                                       "message_id", [row[0] for row in rows], prefix=(tx_number,))
         first = {r[0]: tuple(r[1:]) for r in earlier}
-        fresh = {row[0] for row in rows if row[0] not in first}
-        conflicts = {row[0] for row in rows if row[0] in first and not _same_event(first[row[0]], row[1:])}
-        return fresh, conflicts
+        return {row[0] for row in rows if row[0] not in first}, first
 
     # -- writes ------------------------------------------------------------------------
 
