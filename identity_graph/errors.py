@@ -50,7 +50,12 @@ class DatabaseUnavailable(IdentityGraphError):
 
 
 class StoreError(IdentityGraphError):
-    """The database refused a write for a reason retrying cannot fix (disk full, read-only...).
+    """The database failed for a reason retrying cannot fix (disk full, read-only, I/O error...).
 
-    The transaction was rolled back: the graph is as it was before the call.
+    The transaction was rolled back: the graph is as it was before the call. ``detail`` is
+    the driver's message, in one line.
     """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail if detail is not None else message

@@ -147,8 +147,8 @@ class Store:
         try:
             if self.read_meta("schema_version") == SCHEMA_VERSION:
                 return
-        except DBAPIError:
-            pass  # no tables yet
+        except StoreError:
+            pass  # no tables yet (or a failed read: creating the tables will tell)
 
         try:
             with self._connect(write=True) as conn, conn.begin():
@@ -164,8 +164,8 @@ class Store:
                 ]
                 if rows:
                     conn.execute(insert(meta_t), rows)
-        except DBAPIError as exc:
-            raise StoreError(f"cannot create the graph's tables in {self.engine.url!r}: {_one_line(exc.orig)}") from None
+        except StoreError as exc:
+            raise StoreError(f"cannot create the graph's tables in {self.engine.url!r}: {exc.detail}") from None
 
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[Connection]:
@@ -177,6 +177,9 @@ class Store:
             if write:
                 conn = conn.execution_options(ig_write=True)
             yield conn
+        except DBAPIError as exc:
+            # Every database failure reaches the caller as one of ours, in one line.
+            raise StoreError(f"database error: {_one_line(exc.orig)}", _one_line(exc.orig)) from exc
         finally:
             conn.close()
 
@@ -225,7 +228,7 @@ class Store:
                 if not isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
                     raise
                 if not _transient(exc) or attempt == 49:
-                    raise StoreError(f"database error: {_one_line(exc)}") from exc
+                    raise StoreError(f"database error: {_one_line(exc)}", _one_line(exc)) from exc
                 log.debug("retrying after transient error: %s", exc)
             finally:
                 cur.close()
@@ -301,20 +304,29 @@ class Store:
             raw = self.engine.raw_connection()
         except DBAPIError as exc:
             raise DatabaseUnavailable(f"cannot connect to {self.engine.url!r}: {_one_line(exc.orig)}") from None
-        cur = raw.cursor()
+        driver_error = self.engine.dialect.loaded_dbapi.Error
+        cur = None
         try:
+            cur = raw.cursor()
             if not self.pg:
                 cur.execute("BEGIN")
             yield cur
+        except driver_error as exc:
+            raise StoreError(f"database error: {_one_line(exc)}", _one_line(exc)) from exc
         finally:
             # End the read transaction here: an in-memory SQLite graph shares one connection
             # with the writer, and the pool does not reset a connection still in use.
-            if self.pg:
-                raw.rollback()
-            elif raw.driver_connection.in_transaction:
-                cur.execute("ROLLBACK")
-            cur.close()
-            raw.close()
+            try:
+                if self.pg:
+                    raw.rollback()
+                elif raw.driver_connection.in_transaction:
+                    raw.driver_connection.execute("ROLLBACK")
+            except driver_error:
+                raw.invalidate()  # a connection that cannot roll back is not reused
+            finally:
+                if cur is not None:
+                    cur.close()
+                raw.close()
 
     def read(self, fn: Callable[["ReadTx"], _T]) -> _T:
         """Run ``fn(tx)`` in one read transaction (one snapshot of the graph)."""
