@@ -20,5 +20,7 @@ demo: $(STAMP)
 	$(BIN)/identity-graph import examples/sample-history.jsonl
 	$(BIN)/identity-graph lookup jen@email.com
 
+# The whole suite with branch coverage, then the gate on the core modules (.ci/coverage_gate.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov=identity_graph --cov-branch --cov-report=
+	$(BIN)/python .ci/coverage_gate.py

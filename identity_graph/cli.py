@@ -6,7 +6,7 @@ Imports stay lazy where they cost start-up time: a lookup must be a fast process
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import click
 
@@ -42,23 +42,6 @@ def cli(ctx: click.Context, db: str) -> None:
     ctx.obj["db"] = db
 
 
-def _read_json_lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, Any]]:
-    import orjson
-
-    for number, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            yield number, orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield number, _BadLine(f"{name}:{number}: invalid JSON ({exc})")
-
-
-class _BadLine:
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
 @cli.command()
 @click.argument("path", metavar="[FILE|-]", default="-")
 @click.option("--verbose", "-v", is_flag=True, help="Print one result line per event.")
@@ -80,31 +63,35 @@ def ingest(ctx: click.Context, path: str, verbose: bool) -> None:
         except OSError as exc:
             raise click.ClickException(f"{path}: cannot read ({exc.strerror})") from None
         ctx.call_on_close(file.close)
+    from .readers import decode_line
+
     graph = _open(ctx)
-    name = path
     counts = {"applied": 0, "duplicate": 0, "blocked": 0, "invalid": 0}
-    for number, event in _read_json_lines(file, name):
-        if isinstance(event, _BadLine):
+    # Line by line as it arrives (tail -f), decoded as `import` decodes JSON lines.
+    items = (item for number, line in enumerate(file, 1) for item in decode_line(path, number, line))
+    for item in items:
+        where = item.location
+        if item.error is not None:
             counts["invalid"] += 1
-            click.echo(event.message, err=True)
+            click.echo(f"{where}: {item.error}", err=True)
             continue
         try:
-            result = graph.ingest(event)
+            result = graph.ingest(item.value)
         except InvalidEvent as exc:
             counts["invalid"] += 1
-            click.echo(f"{name}:{number}: {exc}", err=True)
+            click.echo(f"{where}: {exc}", err=True)
             continue
         if result.status == "conflict":
             from .results import CONFLICT_REASON
 
-            click.echo(f"{name}:{number}: messageId: {CONFLICT_REASON} ({result.message_id!r})", err=True)
+            click.echo(f"{where}: messageId: {CONFLICT_REASON} ({result.message_id!r})", err=True)
         counts[result.status] = counts.get(result.status, 0) + 1
         if verbose:
             links = ", ".join(
                 f"{l.source} -> {l.target} {l.outcome}" + (f" ({l.reason})" if l.reason else "")
                 for l in result.links
             )
-            click.echo(f"{name}:{number}: {result.status}" + (f": {links}" if links else ""))
+            click.echo(f"{where}: {result.status}" + (f": {links}" if links else ""))
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 

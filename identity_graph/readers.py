@@ -191,9 +191,9 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
             return
     number = 0
     for number, line in pending:
-        yield from _decode_line(name, number, line)
+        yield from decode_line(name, number, line)
     for number, line in enumerate(lines, number + 1):
-        yield from _decode_line(name, number, line)
+        yield from decode_line(name, number, line)
         if on_bytes is not None and number % 1024 == 0:
             on_bytes(counted.count - reported)
             reported = counted.count
@@ -215,7 +215,9 @@ def _is_json_object_line(line: bytes) -> bool:
         return False
 
 
-def _decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
+def decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
+    """The events of one JSON line (none if blank; several for a batch envelope), or an
+    error item saying why the line is not JSON: what every reader of lines shares."""
     if not line.strip():
         return
     try:
@@ -223,7 +225,7 @@ def _decode_line(name: str, number: int, line: bytes) -> Iterator[Item]:
     except orjson.JSONDecodeError as exc:
         if line.startswith(_BOM):
             # Files joined with `cat` keep each one's byte order mark: ignored on any line.
-            yield from _decode_line(name, number, line[len(_BOM):])
+            yield from decode_line(name, number, line[len(_BOM):])
             return
         yield Item(name, number, None, None, f"invalid JSON ({_json_error(line, exc)})", line.rstrip(b"\r\n"))
         return
@@ -275,7 +277,7 @@ def _read_document(name: str, stream: IO[bytes], prefix: bytes = b"") -> Iterato
         # Not one document after all: JSON lines whose first lines are broken. Read it as
         # lines, so every valid event in it still counts and each bad line is reported.
         for number, line in enumerate(data.splitlines(keepends=True), 1):
-            yield from _decode_line(name, number, line)
+            yield from decode_line(name, number, line)
         return
     yield from _expand(name, 1, None, value, None)
 

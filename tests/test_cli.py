@@ -494,6 +494,21 @@ def test_ingest_reports_bad_lines_by_number_and_goes_on(tmp_path: Path) -> None:
     assert graph_of(url) == {P("u1", "a1")}
 
 
+def test_ingest_decodes_lines_as_import_does(tmp_path: Path) -> None:
+    # A BOM on any line (files joined with cat), a batch envelope, bytes that are not UTF-8.
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    envelope = {"batch": [identify(2, "m2", user="u2", anon="a2"), {"type": "identify"}]}
+    data = (b"\xef\xbb\xbf" + jsonl([identify(1, "m1", user="u1", anon="a1")]) + jsonl([envelope])
+            + b'{"type":"identify","userId":"\xff"}\n')
+    result = invoke(url, "ingest", "-", input=data)
+    assert (result.exit_code, result.stdout) == (0, "2 applied, 0 duplicate, 0 blocked, 2 invalid\n")
+    assert result.stderr == (
+        "-:2: batch[1]: userId: the event has neither a userId nor an anonymousId\n"
+        "-:3: invalid JSON (not UTF-8: byte 0xff at column 30)\n"
+    )
+    assert graph_of(url) == {P("u1", "a1"), P("u2", "a2")}
+
+
 def test_ingest_of_empty_input(graph_url: str) -> None:
     assert ok(invoke(graph_url, "ingest", "-", input=b"")) == "0 applied, 0 duplicate, 0 blocked, 0 invalid\n"
 
