@@ -318,3 +318,20 @@ def test_rules_are_stored_and_a_different_set_is_refused(make_graph) -> None:
     assert make_graph().rules.max_profile_ids == 50
     with pytest.raises(RulesMismatch, match=r"max_profile_ids: 10 here, 50 in the graph"):
         make_graph(MergeRules(max_profile_ids=10))
+
+
+# The rules object itself ------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10"])
+def test_rules_refuse_a_size_cap_that_is_not_a_positive_integer(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_profile_ids must be a positive integer"):
+        MergeRules(max_profile_ids=bad)  # type: ignore[arg-type]
+
+
+def test_rules_differences_name_added_and_dropped_blocked_values() -> None:
+    stored = MergeRules()
+    mine = MergeRules(blocked_values=(stored.blocked_values - {"nan"}) | {"N/A", "guest"})
+    assert mine.differences(stored) == ["blocked_values: adds ['guest', 'n/a'], drops ['nan']"]
+    assert MergeRules(protect_known_ids=False).differences(stored) == [
+        "protect_known_ids: False here, True in the graph"]
+    assert stored.differences(MergeRules()) == []
