@@ -25,7 +25,19 @@ def _open(ctx: click.Context) -> Any:
     return graph
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a library error that no command turned into a message of its own
+    (a database failing mid-read, say) still ends as one ``Error:`` line and exit 1, never a
+    traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IdentityGraphError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", envvar="IDENTITY_GRAPH_DB", default="sqlite:///identity-graph.db", show_default=True,
               help="Database URL (SQLite file or postgresql+psycopg://...). Env: IDENTITY_GRAPH_DB.")
 @click.version_option(__version__, prog_name="identity-graph")
