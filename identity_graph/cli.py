@@ -116,7 +116,7 @@ SHOWN_ISSUES = 10
 @click.option("--errors", "errors_file", type=click.File("w", encoding="utf-8", lazy=True),
               help="Write every rejected event, with its raw text, to FILE as JSON lines.")
 @click.option("--strict", is_flag=True, help="Stop at the first invalid event (exit 1); what came before stays.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Events per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
