@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from helpers import profiles
+from test_docs import console_steps
 from identity_graph import IdentityGraph
 from identity_graph.cli import cli
 from identity_graph.export import GRAPHVIZ_HINT
@@ -674,14 +675,7 @@ def _readme_section_steps() -> list[tuple[str, str]]:
     README's section "Why are these two IDs the same person?"."""
     text = README.read_text(encoding="utf-8")
     section = text.split("\n## Why are these two IDs the same person?\n", 1)[1].split("\n## ", 1)[0]
-    steps: list[tuple[str, list[str]]] = []
-    for block in re.findall(r"```console\n(.*?)```", section, flags=re.S):
-        for line in block.splitlines():
-            if line.startswith("$ "):
-                steps.append((line[2:], []))
-            else:
-                steps[-1][1].append(line)
-    return [(command, "".join(f"{line}\n" for line in out)) for command, out in steps]
+    return [step for block in re.findall(r"```console\n(.*?)```", section, flags=re.S) for step in console_steps(block)]
 
 
 def test_the_readme_history_section_is_what_the_commands_print(

@@ -144,10 +144,8 @@ def _normalise(text: str) -> str:
     return text
 
 
-def _session() -> list[tuple[str, str]]:
-    """(command line, expected output) of each ``$ identity-graph ...`` in the README's session."""
-    text = README.read_text(encoding="utf-8")
-    block = text.split("## A session", 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
+def console_steps(block: str) -> list[tuple[str, str]]:
+    """(command line, expected output) of each ``$ ...`` line of a console block."""
     steps: list[tuple[str, list[str]]] = []
     for line in block.splitlines():
         if line.startswith("$ "):
@@ -155,6 +153,12 @@ def _session() -> list[tuple[str, str]]:
         else:
             steps[-1][1].append(line)
     return [(command, "".join(f"{line}\n" for line in out)) for command, out in steps]
+
+
+def _session() -> list[tuple[str, str]]:
+    """(command line, expected output) of each ``$ identity-graph ...`` in the README's session."""
+    text = README.read_text(encoding="utf-8")
+    return console_steps(text.split("## A session", 1)[1].split("```console\n", 1)[1].split("```", 1)[0])
 
 
 def test_the_readme_session_is_what_the_commands_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
