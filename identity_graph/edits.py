@@ -15,7 +15,7 @@ from typing import Iterable
 
 from .analysis import to_link
 from .batch import profile_row, assign_profiles, erased_digest
-from .errors import IdentityGraphError, UnknownEvent, UnknownId
+from .errors import IdentityGraphError, UnknownEvent
 from .resolver import Link as RuleLink, replay
 from .results import EditResult, Profile
 from .rules import UNMERGED, REFUSED, MergeRules
@@ -58,10 +58,8 @@ def delete(tx: WriteTx, rules: MergeRules, id_: str, *, dry_run: bool = False) -
     digest = erased_digest(salt, id_)
     if tx.is_suppressed(digest):
         raise IdentityGraphError(f"{id_!r} is already erased")
-    cluster = tx.cluster([id_])
-    old = tx.load_ids(cluster)
-    if id_ not in old:
-        raise UnknownId(f"unknown ID {id_!r}")
+    tx.stored_id(id_)  # UnknownId before any other work
+    old = tx.load_ids(tx.cluster([id_]))
     removed = tuple(to_link(l) for l in tx.links_of([id_]))
     tx.erase_id(id_)
     tx.suppress(digest, int(_time.time() * 1_000_000))

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .cache import StateCache
-from .errors import RulesMismatch, UnknownId
+from .errors import RulesMismatch
 from .results import CONFLICT_REASON, EditResult, GraphStats, IngestResult, IngestSummary, InvalidInput, Link, Profile
 from .rules import MergeRules
 from .store import Store
@@ -359,13 +359,9 @@ class IdentityGraph:
         from .rules import REASONS
 
         def go(tx: Any) -> list[Link]:
-            rows = tx.load_ids([a, b])
-            for id_ in (a, b):
-                if id_ not in rows:
-                    raise UnknownId(f"unknown ID {id_!r}")
+            ra, rb = tx.stored_id(a), tx.stored_id(b)
             if a == b:
                 return []
-            ra, rb = rows[a], rows[b]
             if ra.profile_id != rb.profile_id:
                 left, right = set(tx.members(ra.profile_id)), set(tx.members(rb.profile_id))
                 message = f"{a!r} and {b!r} are different people: profiles {ra.canonical!r} and {rb.canonical!r}"
@@ -400,10 +396,7 @@ class IdentityGraph:
         from .analysis import history
 
         def go(tx: Any) -> list[Link]:
-            rows = tx.load_ids([id_])
-            if id_ not in rows:
-                raise UnknownId(f"unknown ID {id_!r}")
-            return history(tx.links_of(tx.members(rows[id_].profile_id)))
+            return history(tx.links_of(tx.members(tx.stored_id(id_).profile_id)))
 
         return self._store.read(go)
 
@@ -420,10 +413,7 @@ class IdentityGraph:
         from .analysis import profile_graph
 
         def go(tx: Any) -> Any:
-            rows = tx.load_ids([id_])
-            if id_ not in rows:
-                raise UnknownId(f"unknown ID {id_!r}")
-            row = rows[id_]
+            row = tx.stored_id(id_)
             members = tx.load_ids(tx.members(row.profile_id))
             links = tx.links_of(members)
             outside = tx.load_ids({i for l in links for i in (l.source, l.target)} - members.keys())

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from .errors import DatabaseUnavailable, StoreError
+from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
 
@@ -495,6 +495,13 @@ class ReadTx:
             r[0]: StoredId(r[0], r[1], _key(r[2], r[3]), r[4], r[5], r[6], bool(r[7]), _key(r[8], r[9]) or NO_KEY)
             for r in self._select_in(_LOAD_IDS, "i.id", ids)
         }
+
+    def stored_id(self, id_: str) -> StoredId:
+        """``id_``'s stored row; :class:`UnknownId` when no event has mentioned it (or it was erased)."""
+        row = self.load_ids([id_]).get(id_)
+        if row is None:
+            raise UnknownId(f"unknown ID {id_!r}")
+        return row
 
     def cluster(self, seeds: Iterable[str]) -> set[str]:
         """Every stored ID joined to ``seeds`` by profile membership or by any stored link.
