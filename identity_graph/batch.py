@@ -21,7 +21,7 @@ import hmac
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import orjson
 
@@ -31,6 +31,9 @@ from .results import IngestResult, IngestSummary, LinkResult
 from .rules import UNMERGED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
 from .store import StoredId, WriteTx, same_event
+
+if TYPE_CHECKING:
+    from .chunk import Chunk
 
 
 @contextmanager
@@ -153,24 +156,76 @@ def apply_plans(
     more than counting). The caller folds it in after the commit, so a retried
     transaction never counts twice.
     """
+    counts = _begin(tx, cache, counts)
+    suppressed = tx.suppressed()
+    if suppressed:
+        plans = _without_erased(plans, rules, tx.salt(), suppressed)
+    earlier = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans])
+    return _apply_claimed(tx, rules, cache, plans, repeats, counts, counts_only, earlier, {})
+
+
+def apply_chunk(
+    tx: WriteTx, rules: MergeRules, cache: StateCache, chunk: "Chunk", counts: BatchCounts | None = None
+) -> IngestSummary:
+    """Apply an import's :class:`~identity_graph.chunk.Chunk` in one transaction; its counts.
+
+    The same rules as :func:`apply_plans` on the chunk's events, which it falls back to
+    whenever the short cut does not hold. The short cut: an event whose only effect is
+    one ID (no link, no userId to mark known) changes nothing but that ID's existence and
+    first-seen time, so those events reach the rules only as the chunk's ``lone`` map
+    (ID -> earliest time), and their messageIds only as register rows. That holds while
+    every one of them is new to the register (a re-sent or conflicting one must take no
+    part) and no ID was ever erased (each event is then checked against the erased list).
+    """
+    repeats = chunk.repeat_plans(rules) if chunk.repeats else []
+    if tx.suppressed():
+        return apply_plans(tx, rules, cache, chunk.all_plans(rules), repeats, counts, counts_only=True)  # type: ignore[return-value]
+    counts = _begin(tx, cache, counts)
+    earlier = tx.claim_message_ids(chunk.register)
+    short_cut = not (earlier and chunk.any_lone(earlier))
+    plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
+    summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone, chunk.register)
+    if short_cut:
+        summary.applied += chunk.lone_events
+        summary.blocked += chunk.blocked_events
+    return summary  # type: ignore[return-value]
+
+
+def _begin(tx: WriteTx, cache: StateCache, counts: BatchCounts | None) -> BatchCounts:
     counts = counts if counts is not None else BatchCounts()
     counts.new_ids, counts.touched, counts.absorbed, counts.conflicting = 0, set(), set(), []
     counts.repeat_conflicts = set()
     cache.begin(tx)
-    suppressed = tx.suppressed()
-    if suppressed:
-        plans = _without_erased(plans, rules, tx.salt(), suppressed)
-    fresh_ids, earlier = tx.claim_message_ids(
-        [(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans]
-    )
-    tx.count_duplicates(len(repeats) + len(plans) - len(fresh_ids))
+    return counts
+
+
+def _apply_claimed(
+    tx: WriteTx,
+    rules: MergeRules,
+    cache: StateCache,
+    plans: list[Plan],
+    repeats: Sequence[Plan],
+    counts: BatchCounts,
+    counts_only: bool,
+    earlier: dict[str, tuple[Any, ...]],
+    lone: dict[str, int],
+    register: list[tuple[str, int, str, int]] | None = None,
+) -> list[IngestResult] | IngestSummary:
+    """The rest of :func:`apply_plans` once the plans' messageIds are registered:
+    ``earlier`` holds the ones registered before (not applied again)."""
+    tx.count_duplicates(len(repeats) + len(earlier))
     conflicts = {
         p.event.message_id for p in plans
         if p.event.message_id in earlier and not same_event(earlier[p.event.message_id], _row(p))
-    }
+    } if earlier else set()
     counts.conflicting = [p for p in plans if p.event.message_id in conflicts]
     if repeats:
-        holder = {p.event.message_id: _row(p) for p in plans if p.event.message_id in fresh_ids}
+        # The event holding each messageId: the stored one, else the batch's first (which
+        # a chunk's register rows name even when its plan is packed away).
+        holder = (
+            {r[0]: r[1:] for r in register} if register is not None
+            else {p.event.message_id: _row(p) for p in plans}
+        )
         holder.update(earlier)
         counts.repeat_conflicts = {
             i for i, r in enumerate(repeats) if not same_event(holder[r.event.message_id], _row(r))
@@ -178,23 +233,26 @@ def apply_plans(
         counts.conflicting += [repeats[i] for i in sorted(counts.repeat_conflicts)]
     # A blocked event changes nothing, but its messageId is claimed all the same: the
     # first event with a messageId wins, however the events were batched (rule 9).
-    fresh = sorted((p for p in plans if p.ids and p.event.message_id in fresh_ids), key=lambda p: p.event.key)
+    if earlier:
+        fresh = sorted((p for p in plans if p.ids and p.event.message_id not in earlier), key=lambda p: p.event.key)
+    else:
+        fresh = sorted((p for p in plans if p.ids), key=lambda p: p.event.key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
-    if fresh:
-        writer = _BatchWriter(tx, rules, cache, fresh, counts)
+    if fresh or lone:
+        writer = _BatchWriter(tx, rules, cache, fresh, counts, lone)
         writer.run()
         outcomes, replayed = writer.outcomes, writer.replayed_messages
     cache.commit(tx)
     if counts_only:
-        summary = _tally(plans, fresh_ids, conflicts, outcomes, replayed)
+        summary = _tally(plans, earlier, conflicts, outcomes, replayed)
         summary.conflicts += len(counts.repeat_conflicts)
         summary.duplicates += len(repeats) - len(counts.repeat_conflicts)
         return summary
     results = []
     for p in plans:
         mid = p.event.message_id
-        if mid not in fresh_ids:
+        if mid in earlier:
             results.append(IngestResult(mid, "conflict" if mid in conflicts else "duplicate"))
             continue
         if not p.ids:
@@ -248,7 +306,7 @@ def assign_profiles(
 
 def _tally(
     plans: list[Plan],
-    fresh_ids: set[str],
+    earlier: dict[str, tuple[Any, ...]],
     conflicts: set[str],
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]],
     replayed: set[str],
@@ -256,7 +314,7 @@ def _tally(
     summary = IngestSummary()
     for p in plans:
         mid = p.event.message_id
-        if mid not in fresh_ids:
+        if mid in earlier:
             if mid in conflicts:
                 summary.conflicts += 1
             else:
@@ -284,7 +342,8 @@ class _BatchWriter:
     """
 
     def __init__(
-        self, tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan], counts: BatchCounts
+        self, tx: WriteTx, rules: MergeRules, cache: StateCache, plans: list[Plan], counts: BatchCounts,
+        lone: Mapping[str, int] | None = None,
     ) -> None:
         self.tx = tx
         self.counts = counts
@@ -298,6 +357,14 @@ class _BatchWriter:
             for i in p.ids:
                 if i not in self.first_time:  # plans are time-sorted: the first is the earliest
                     self.first_time[i] = p.event.time
+        # IDs of events that only say "this ID exists" (see apply_chunk): the ones no
+        # plan mentions become profiles of their own; all count for first-seen times.
+        self.lone = [i for i in lone if i not in self.first_time] if lone else []
+        if lone:
+            first = self.first_time
+            for i, t in lone.items():
+                if t < first.get(i, t + 1):
+                    first[i] = t
         self.stored: dict[str, StoredId] = {}
         self._load(self.first_time)
         self.id_inserts: list[tuple[Any, ...]] = []
@@ -337,7 +404,21 @@ class _BatchWriter:
             self._append(append_plans, known_at)
         if replay_plans:
             self._replay(replay_plans, cluster)
+        self._add_lone()
         self._write_common()
+
+    def _add_lone(self) -> None:
+        """Each lone ID not stored yet becomes its own profile (rule 7), as a plan would make it."""
+        rows = []
+        for i in self.lone:
+            if i not in self.stored:
+                pid = self.tx.new_profile_id()
+                state = ProfileState(i)
+                rows.append(profile_row(pid, state))
+                self.cache.put_profile(pid, state.canonical, state.size, state.known, state.last)
+                self._insert_id(i, pid, None)
+                self.counts.touched.add(pid)
+        self.tx.insert_profiles(rows)
 
     def _late_cluster(self, known_at: Mapping[str, Key]) -> set[str]:
         seeds: set[str] = set()

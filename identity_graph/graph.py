@@ -17,6 +17,7 @@ from .store import Store
 # write: a process that only looks IDs up -- every `identity-graph lookup` -- skips it.
 if TYPE_CHECKING:
     from .batch import BatchCounts, Plan
+    from .chunk import Chunk
     from .events import Event
 
 DEFAULT_BATCH_SIZE = 2000
@@ -185,6 +186,19 @@ class IdentityGraph:
             lambda tx: apply_plans(tx, self.rules, self._cache, plans, list(repeats.values()), counts,
                                    counts_only=True)
         ))
+        summary.new_ids += counts.new_ids
+        summary.touched_profiles -= counts.absorbed
+        summary.touched_profiles |= counts.touched
+        return counts.conflicting
+
+    def apply_chunk(self, chunk: "Chunk", summary: IngestSummary) -> list[Plan]:
+        """Apply an import's :class:`~identity_graph.chunk.Chunk` in one transaction, counting
+        into ``summary`` as :meth:`apply_counted` does (``summary.events`` is the caller's);
+        returns the plans of the events that re-used an earlier messageId with other content."""
+        from .batch import BatchCounts, apply_chunk
+
+        counts = BatchCounts()
+        summary.merge(self._store.run_write(lambda tx: apply_chunk(tx, self.rules, self._cache, chunk, counts)))
         summary.new_ids += counts.new_ids
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched

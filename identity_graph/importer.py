@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
-from .batch import Plan, gc_paused, plan_event
+from .batch import gc_paused
+from .chunk import Chunk, ChunkBuilder
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, parse_event
 from .graph import IdentityGraph
@@ -33,6 +34,8 @@ from .results import CONFLICT_REASON, IngestSummary
 # the pages touched are nearly all of them anyway, and memory keeps growing.
 DEFAULT_IMPORT_BATCH = 50_000
 PARALLEL_MIN_BYTES = 8 << 20
+#: The parse worker's first chunk is small, so that the writer starts within ~50 ms.
+FIRST_CHUNK = 5_000
 #: Events applied from which an import refreshes the planner statistics (see IdentityGraph.optimize).
 ANALYZE_AFTER = 10_000
 
@@ -190,55 +193,57 @@ def _import(
     parallel: bool,
 ) -> None:
     started = time.perf_counter()
-    batch: list[Plan] = []
     rules = graph.rules
-    chunks = _parse_in_worker(expanded, batch_size, rules) if parallel else _parse(expanded, batch_size, rules)
+    args = (expanded, batch_size, rules, strict)
+    chunks = _parse_in_worker(*args) if parallel else _parse(*args)
     try:
-        for items, consumed in chunks:
-            for event in items:
-                summary.events += 1
-                if type(event) is ImportIssue:
-                    summary.invalid += 1
-                    if strict:
-                        _flush(graph, batch, summary, report)
-                        summary.elapsed += time.perf_counter() - started
-                        raise StrictImportStopped(event, summary)
-                    report(event)
-                    continue
-                batch.append(event)
-                if len(batch) >= batch_size:
-                    _flush(graph, batch, summary, report)
-                    batch = []
+        for chunk, issues, consumed in chunks:
+            summary.events += len(chunk) + len(issues)
+            if strict and issues:  # the chunk ends at this issue: what came before is committed
+                _flush(graph, chunk, summary, report)
+                summary.invalid += 1
+                summary.elapsed += time.perf_counter() - started
+                raise StrictImportStopped(issues[0], summary)
+            for issue in issues:  # reported as read; a conflict only once its batch is written
+                summary.invalid += 1
+                report(issue)
+            _flush(graph, chunk, summary, report)
             progress(consumed)
-        _flush(graph, batch, summary, report)
     finally:
         chunks.close()
 
 
 def _parse(
-    expanded: list[Source], chunk_size: int, rules: MergeRules
-) -> Iterator[tuple[list[Plan | ImportIssue], int]]:
-    """The sources' items, validated and planned under ``rules``, in chunks of ``chunk_size``,
-    with the input bytes each chunk consumed."""
+    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, first_chunk: int | None = None
+) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
+    """The sources' events, validated and planned under ``rules``, packed into chunks of
+    ``chunk_size`` valid events (``first_chunk`` for the first one), each with the invalid
+    items met while reading it and the input bytes it consumed. With ``strict`` a chunk
+    ends at the first invalid item."""
     consumed = [0]
 
     def count(n: int) -> None:
         consumed[0] += n
 
-    chunk: list[Event | ImportIssue] = []
+    builder = ChunkBuilder(rules)
+    issues: list[ImportIssue] = []
+    size = min(chunk_size, first_chunk or chunk_size)
     now = datetime_to_time(datetime.now(timezone.utc))
     for source in expanded:
         for item in read_source(source, count):
             event = _validate(item, now)
-            chunk.append(
-                event if type(event) is ImportIssue
-                else plan_event(event, rules, (item.source, item.line, item.index))  # type: ignore[arg-type]
-            )
-            if len(chunk) >= chunk_size:
-                yield chunk, consumed[0]
-                chunk, consumed[0] = [], 0
-                now = datetime_to_time(datetime.now(timezone.utc))
-    yield chunk, consumed[0]
+            if type(event) is ImportIssue:
+                issues.append(event)  # type: ignore[arg-type]
+                if not strict:
+                    continue
+            else:
+                builder.add(event, (item.source, item.line, item.index))  # type: ignore[arg-type]
+                if len(builder) < size:
+                    continue
+            yield builder.take(), issues, consumed[0]
+            issues, consumed[0], size = [], 0, chunk_size
+            now = datetime_to_time(datetime.now(timezone.utc))
+    yield builder.take(), issues, consumed[0]
 
 
 # -- the parse worker ---------------------------------------------------------------------
@@ -249,13 +254,13 @@ def _parse(
 # forked: it must not inherit this process's open database connections.
 
 def _parse_in_worker(
-    expanded: list[Source], chunk_size: int, rules: MergeRules
-) -> Iterator[tuple[list[Plan | ImportIssue], int]]:
+    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool
+) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_worker_main, args=(sender, expanded, chunk_size, rules), daemon=True)
+    worker = ctx.Process(target=_worker_main, args=(sender, expanded, chunk_size, rules, strict), daemon=True)
     worker.start()
     sender.close()
     try:
@@ -281,10 +286,10 @@ def _parse_in_worker(
         worker.join()
 
 
-def _worker_main(sender: Any, expanded: list[Source], chunk_size: int, rules: MergeRules) -> None:
+def _worker_main(sender: Any, expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool) -> None:
     try:
         with gc_paused():
-            for chunk in _parse(expanded, chunk_size, rules):
+            for chunk in _parse(expanded, chunk_size, rules, strict, first_chunk=FIRST_CHUNK):
                 sender.send(("chunk", chunk))
         sender.send(("done", None))
     except SourceError as exc:
@@ -304,12 +309,10 @@ def _validate(item: Item, now: int) -> Event | ImportIssue:
         return ImportIssue(item.location, str(exc), raw_text(item))
 
 
-def _flush(
-    graph: IdentityGraph, batch: list[Plan], summary: ImportSummary, report: Callable[[ImportIssue], None]
-) -> None:
-    if not batch:
+def _flush(graph: IdentityGraph, chunk: Chunk, summary: ImportSummary, report: Callable[[ImportIssue], None]) -> None:
+    if not len(chunk):
         return
-    for plan in graph.apply_counted(batch, summary):
+    for plan in graph.apply_chunk(chunk, summary):
         # Not an invalid line, but the user must hear of it: it names the line and the
         # messageId, and the errors file gets what the graph would have used of it.
         e = plan.event

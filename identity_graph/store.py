@@ -126,6 +126,12 @@ class Store:
             # two writers read the same state and then collide.
             dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
+            # 16 KB pages (a new file only: an existing one keeps its size). The messageId
+            # register and the link indexes take keys at random, so each commit rewrites
+            # most of their pages; larger pages mean fewer of them, with less overhead per
+            # byte. Measured (1M-row register, 50k rows a commit): 4 KB 4.6 s, 8 KB 3.9 s,
+            # 16 KB 3.7 s, 32 KB 3.5 s; and a lookup reads only a few pages anyway.
+            cursor.execute("PRAGMA page_size=16384")
             cursor.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the
             # last transactions, never corrupt the file.
@@ -596,46 +602,43 @@ class WriteTx(ReadTx):
         self._lock["next_profile_id"] = pid + 1
         return pid
 
-    def claim_message_ids(
-        self, rows: list[tuple[str, int, str, int]]
-    ) -> tuple[set[str], dict[str, tuple[Any, ...]]]:
+    def claim_message_ids(self, rows: list[tuple[str, int, str, int]]) -> dict[str, tuple[Any, ...]]:
         """Register (message_id, time, type, digest) rows (distinct messageIds).
 
-        Returns ``(fresh, earlier)``: the messageIds that were new, and for the others
-        the registered event's (time, type, digest), to tell a re-send from a different
-        event re-using the messageId (see :func:`same_event`; the first event wins, the
-        caller reports the second). Rule 9 in one pass: the insert
-        skips messageIds already registered. On SQLite a plain executemany is the fast
-        path; only when it inserted fewer rows than given are the others looked up, by
-        the transaction number each row carries.
+        Returns, for each messageId that was registered before, the registered event's
+        (time, type, digest), to tell a re-send from a different event re-using the
+        messageId (see :func:`same_event`; the first event wins, the caller reports the
+        second). Every other row was new and is registered now. Rule 9 in one pass: the
+        insert skips messageIds already registered. On SQLite a plain executemany is the
+        fast path; only when it inserted fewer rows than given are the others looked up,
+        by the transaction number each row carries.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
         if self.sql.pg:
-            fresh: set[str] = set()
+            inserted = 0
             for chunk in _chunks(rows, 5000):
                 self.cur.execute(
                     "INSERT INTO ig_events (message_id, time, type, digest, tx)"
                     " SELECT m, t, y, d, %s FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[])"
-                    " AS u(m, t, y, d) ON CONFLICT DO NOTHING RETURNING message_id",
+                    " AS u(m, t, y, d) ON CONFLICT DO NOTHING",
                     [tx_number, *(list(col) for col in zip(*chunk))],
                 )
-                fresh.update(r[0] for r in self.cur.fetchall())
-            if len(fresh) == len(rows):
-                return fresh, {}
-            earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE ", "message_id",
-                                      [row[0] for row in rows if row[0] not in fresh])
+                inserted += self.cur.rowcount
+            if inserted == len(rows):
+                return {}
         else:
+            # The transaction number is ours (an int), so it is written into the statement:
+            # the rows go to executemany as given, without a copy per row.
             self.cur.executemany(
-                "INSERT INTO ig_events (message_id, time, type, digest, tx) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                [(*row, tx_number) for row in rows],
+                "INSERT INTO ig_events (message_id, time, type, digest, tx)"
+                f" VALUES (?, ?, ?, ?, {int(tx_number)}) ON CONFLICT DO NOTHING",
+                rows,
             )
             if self.cur.rowcount == len(rows):
-                return {row[0] for row in rows}, {}
-            earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
-                                      "message_id", [row[0] for row in rows], prefix=(tx_number,))
-        first = {r[0]: tuple(r[1:]) for r in earlier}
-        return {row[0] for row in rows if row[0] not in first}, first
+                return {}
+        earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
+                                  "message_id", [row[0] for row in rows], prefix=(tx_number,))
+        return {r[0]: tuple(r[1:]) for r in earlier}
 
     # -- writes ------------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""How an import hands events to the writer: validated events reduced into a :class:`Chunk`.
+
+Seven events in ten of a typical history carry no userId: an anonymous ``page`` or
+``track``. Under the rules such an event links nothing (every link ends at a userId) and
+marks nothing known; it only makes its IDs exist (rule 7) and sets when each was first
+seen. A chunk therefore hands the writer plans only for the events with a userId, and
+reduces the others to a map of ID -> earliest time plus their rows for the messageId
+register. The writer applies both in one transaction
+(:func:`identity_graph.batch.apply_chunk`), and falls back to every event's plan, which the
+chunk can still make, whenever the short cut would not be exact.
+
+Chunks are built where the events are parsed, so with a parse worker that work runs on
+the second core too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .batch import Plan, event_digest, plan_event
+from .events import Event
+from .rules import MergeRules
+
+
+_new = tuple.__new__
+
+
+@dataclass
+class Chunk:
+    """The events of one import batch, validated and reduced for the writer.
+
+    Plain tuples only: they cross the pipe from a parse worker several times cheaper than
+    named tuples, and the writer turns into :class:`Plan` objects only what it applies.
+
+    ``register``: the (messageId, time, type, digest) row of every event whose messageId
+    is first in the chunk; ``planned``: (event fields, origin) of those that carry a
+    (non-blocked) userId, so may link or mark it known; ``lone``: ID -> earliest time over
+    the others, whose only effect is that their IDs exist; ``lone_events`` and
+    ``blocked_events`` count those with IDs and with none left (rule 2); ``others``: their
+    (event fields, origin), for the fall-back; ``repeats``: (event fields, origin) of the
+    events re-using a messageId of the chunk.
+    """
+
+    register: list[tuple[str, int, str, int]] = field(default_factory=list)
+    planned: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
+    lone: dict[str, int] = field(default_factory=dict)
+    lone_events: int = 0
+    blocked_events: int = 0
+    others: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
+    repeats: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.register) + len(self.repeats)
+
+    def plans(self, rules: MergeRules) -> list[Plan]:
+        """The plans of the events that carry a userId."""
+        return _plans(self.planned, rules)
+
+    def all_plans(self, rules: MergeRules) -> list[Plan]:
+        """Every first event's plan (the order among distinct messageIds does not matter)."""
+        return _plans(self.planned, rules) + _plans(self.others, rules)
+
+    def repeat_plans(self, rules: MergeRules) -> list[Plan]:
+        return _plans(self.repeats, rules)
+
+    def any_lone(self, message_ids: Iterable[str]) -> bool:
+        """Whether any of ``message_ids`` (of this chunk's events) is one of the ``others``."""
+        planned = {fields[1] for fields, _ in self.planned}
+        return any(m not in planned for m in message_ids)
+
+
+def _plans(rows: list[tuple[tuple[Any, ...], Any]], rules: MergeRules) -> list[Plan]:
+    return [plan_event(_new(Event, fields), rules, origin) for fields, origin in rows]
+
+
+class ChunkBuilder:
+    """Collects validated events (in input order) into a :class:`Chunk`.
+
+    >>> b = ChunkBuilder(MergeRules())
+    >>> for e in [Event("page", "m1", 5, None, "a1"), Event("page", "m2", 3, None, "a1"),
+    ...           Event("identify", "m3", 4, "u1", "a1"), Event("page", "m1", 9, None, "a2"),
+    ...           Event("page", "m4", 1, "null", "a3")]:
+    ...     b.add(e, None)
+    >>> c = b.take()
+    >>> c.lone, [f[1] for f, _ in c.planned], [f[1] for f, _ in c.repeats], len(c), len(b.take())
+    ({'a1': 3, 'a3': 1}, ['m3'], ['m1'], 5, 0)
+    """
+
+    def __init__(self, rules: MergeRules) -> None:
+        self._blocked = rules.blocked_values
+        self._chunk = Chunk()
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._chunk)
+
+    def _is_blocked(self, value: str) -> bool:
+        # MergeRules.is_blocked, inlined: it runs for every ID of every event.
+        return not value.strip() or value.casefold() in self._blocked
+
+    def add(self, event: Event, origin: Any) -> None:
+        fields = tuple(event)
+        chunk = self._chunk
+        mid = event.message_id
+        if mid in self._seen:
+            chunk.repeats.append((fields, origin))
+            return
+        self._seen.add(mid)
+        chunk.register.append((mid, event.time, event.type, event_digest(event)))
+        user = event.user_id
+        if user is not None and not self._is_blocked(user):
+            chunk.planned.append((fields, origin))
+            return
+        # No userId: no link (every link ends at the userId) and nothing to mark known.
+        chunk.others.append((fields, origin))
+        found = False
+        for value in (event.previous_id, event.anonymous_id):
+            if value is not None and not self._is_blocked(value):
+                found = True
+                t = event.time
+                if t < chunk.lone.get(value, t + 1):
+                    chunk.lone[value] = t
+        if found:
+            chunk.lone_events += 1
+        else:
+            chunk.blocked_events += 1
+
+    def take(self) -> Chunk:
+        """The chunk collected so far; the builder starts a new one."""
+        chunk, self._chunk, self._seen = self._chunk, Chunk(), set()
+        return chunk
