@@ -92,12 +92,17 @@ def erased_digest(salt: str, id_: str) -> str:
     return hmac.new(salt.encode(), id_.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
-def plan_event(event: Event, rules: MergeRules, origin: Any = None, erased: frozenset[str] = frozenset()) -> Plan:
+def plan_event(
+    event: Event, rules: MergeRules, origin: Any = None, erased: frozenset[str] = frozenset(),
+    digest: int | None = None,
+) -> Plan:
     """What ``event`` asserts under ``rules``; no IDs at all when every one is blocked (rule 2).
 
     ``erased``: IDs deleted from the graph, dropped as if they were blocked values.
+    ``digest``: the event's :func:`event_digest`, when the caller has it already.
     """
-    digest = event_digest(event)
+    if digest is None:
+        digest = event_digest(event)
     is_blocked = rules.is_blocked
     if erased:
         is_blocked = lambda v: v in erased or rules.is_blocked(v)  # noqa: E731
@@ -180,7 +185,7 @@ def apply_chunk(
     repeats = chunk.repeat_plans(rules) if chunk.repeats else []
     if tx.suppressed():
         return apply_plans(tx, rules, cache, chunk.all_plans(rules), repeats, counts, counts_only=True)  # type: ignore[return-value]
-    counts = _begin(tx, cache, counts)
+    counts = _begin(tx, cache, counts, warm=True)  # an import: worth reading a known graph whole
     earlier = tx.claim_message_ids(chunk.register)
     short_cut = not (earlier and chunk.any_lone(earlier))
     plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
@@ -191,11 +196,11 @@ def apply_chunk(
     return summary  # type: ignore[return-value]
 
 
-def _begin(tx: WriteTx, cache: StateCache, counts: BatchCounts | None) -> BatchCounts:
+def _begin(tx: WriteTx, cache: StateCache, counts: BatchCounts | None, warm: bool = False) -> BatchCounts:
     counts = counts if counts is not None else BatchCounts()
     counts.new_ids, counts.touched, counts.absorbed, counts.conflicting = 0, set(), set(), []
     counts.repeat_conflicts = set()
-    cache.begin(tx)
+    cache.begin(tx, warm)
     return counts
 
 

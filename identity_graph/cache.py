@@ -29,14 +29,27 @@ class StateCache:
         self._profiles: dict[int, tuple[str, int, bool, Key]] = {}  # canonical, size, known, last
         self._forward: dict[int, int] = {}  # absorbed profile -> the profile it moved into
 
-    def begin(self, tx: WriteTx) -> None:
-        """Check the cache against the generation found under the lock; invalid until :meth:`commit`."""
+    def begin(self, tx: WriteTx, warm: bool = False) -> None:
+        """Check the cache against the generation found under the lock; invalid until :meth:`commit`.
+
+        ``warm``: when the cache must start over on a graph of at most ``max_ids`` IDs,
+        read them all now, in one scan, and be complete. An import into an existing
+        graph asks for it: otherwise every batch looks up the IDs it touches, a few
+        thousand random reads a batch, which is what made a second month cost more
+        than the first.
+        """
         if self.max_ids <= 0:
             self.reset()
             return
         if self.generation != tx.generation or len(self._ids) > self.max_ids:
             self.reset()
             self.complete = tx.is_empty()
+            if warm and not self.complete:
+                rows = tx.all_ids(self.max_ids)
+                if rows is not None:
+                    for row in rows:
+                        self.put(row)
+                    self.complete = True
         self.generation = None  # a failure before commit() leaves the cache unusable
 
     def commit(self, tx: WriteTx) -> None:

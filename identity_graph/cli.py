@@ -116,7 +116,9 @@ SHOWN_ISSUES = 10
 @click.option("--errors", "errors_file", type=click.File("w", encoding="utf-8", lazy=True),
               help="Write every rejected event, with its raw text, to FILE as JSON lines.")
 @click.option("--strict", is_flag=True, help="Stop at the first invalid event (exit 1); what came before stays.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True,
+# The default is importer.DEFAULT_IMPORT_BATCH, written out: importing the importer here would
+# slow every `lookup` (tests/test_import_cli.py checks that the two agree).
+@click.option("--batch-size", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Events per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

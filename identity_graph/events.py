@@ -29,6 +29,7 @@ _MICROSECOND = timedelta(microseconds=1)
 #: The instants a datetime can hold (years 1 to 9999, UTC), as epoch microseconds.
 MIN_TIME = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 MAX_TIME = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
+_new = tuple.__new__
 _JSON_TYPE_NAMES = {bool: "a boolean", float: "a number with a fraction", list: "an array", dict: "an object"}
 
 
@@ -196,7 +197,8 @@ def parse_event(obj: object, *, now: int | None = None) -> Event:
     elif not message_id.isascii():
         _check_unicode(message_id, "messageId")
 
-    return Event(type_, message_id, time, user_id, anonymous_id, previous_id)
+    # tuple.__new__ skips the named tuple's Python-level __new__: one event per input line.
+    return _new(Event, (type_, message_id, time, user_id, anonymous_id, previous_id))
 
 
 def derive_message_id(obj: Mapping[str, Any]) -> str:

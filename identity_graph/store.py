@@ -502,6 +502,17 @@ class ReadTx:
             for r in self._select_in(_LOAD_IDS, "i.id", ids)
         }
 
+    def all_ids(self, limit: int) -> list[StoredId] | None:
+        """Every stored ID's row (with profile), or None when there are more than ``limit``."""
+        self.cur.execute(self.sql(_LOAD_IDS + "1 = 1 LIMIT ?"), (limit + 1,))
+        rows = self.cur.fetchall()
+        if len(rows) > limit:
+            return None
+        return [
+            StoredId(r[0], r[1], _key(r[2], r[3]), r[4], r[5], r[6], bool(r[7]), _key(r[8], r[9]) or NO_KEY)
+            for r in rows
+        ]
+
     def stored_id(self, id_: str) -> StoredId:
         """``id_``'s stored row; :class:`UnknownId` when no event has mentioned it (or it was erased)."""
         row = self.load_ids([id_]).get(id_)

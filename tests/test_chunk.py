@@ -25,6 +25,7 @@ from identity_graph.chunk import ChunkBuilder
 from identity_graph.events import parse_event
 from identity_graph.importer import import_events
 from identity_graph.rules import MergeRules
+from identity_graph.store import ReadTx
 
 
 def ts(second: int) -> str:
@@ -118,7 +119,7 @@ def test_chunk_builder_splits_events_by_user_id() -> None:
     for e in HISTORY:
         b.add(parse_event(e), None)
     c = b.take()
-    assert [f[1] for f, _ in c.planned] == ["i1", "i2", "al1"]
+    assert [row[0][1] for row in c.planned] == ["i1", "i2", "al1"]
     t0 = parse_event(page("x", 0, "x")).time
     assert {i: (t - t0) // 10**6 for i, t in c.lone.items()} == {"a1": 5, "a2": 7, "a3": 21, "a4": 3, "lead-7": 41, "a5": 41}
     assert (c.lone_events, c.blocked_events, len(c.register), len(c)) == (6, 1, 10, 10)
@@ -172,3 +173,48 @@ def test_any_batching_gives_the_same_graph(make: Any, tmp_path: Path, batch_size
     late = [page("l1", 1, "a1"), identify("l2", 2, "u9", "a2"), page("l3", 0, "u1")]
     imported, ingested, _ = both_ways(make, tmp_path, [HISTORY, late], batch_size=batch_size)
     assert state(imported) == state(ingested)
+
+
+@pytest.mark.parametrize("max_ids", [2_000_000, 3])
+def test_import_into_an_existing_graph_reads_it_whole_once(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_ids: int
+) -> None:
+    """A new process importing into a known graph starts with an empty cache: it reads every
+    ID in one scan (when there are at most ``max_ids``) instead of looking IDs up per batch."""
+    first, reference = make("first"), make("reference")
+    import_events(first, [write(tmp_path / "1.jsonl", HISTORY)])
+    later = [page("m1", 60, "a1"), identify("m2", 61, "u3", "a2"), page("m3", 62, "a8")]
+    second = IdentityGraph(first._store.engine.url.render_as_string(hide_password=False))
+    lookups: list[list[str]] = []
+    real_load_ids = ReadTx.load_ids
+
+    def counting(self: ReadTx, ids: Any) -> Any:
+        lookups.append(list(ids))
+        return real_load_ids(self, lookups[-1])
+
+    monkeypatch.setattr(ReadTx, "load_ids", counting)
+    try:
+        second._cache.max_ids = max_ids
+        import_events(second, [write(tmp_path / "2.jsonl", later)])
+        assert second._cache.complete is (max_ids > 3)
+        assert (lookups == []) is (max_ids > 3)
+        for e in HISTORY + later:
+            reference.ingest(e)
+        assert state(second) == state(reference)
+    finally:
+        second.close()
+
+
+def test_a_chunk_survives_the_pipe() -> None:
+    """What the parse worker sends: the fall-back's events come back exactly, also from a
+    file whose name is not UTF-8 (JSON cannot carry it; pickle can)."""
+    import pickle
+
+    for source in ("events.jsonl", "caf\udce9.jsonl"):
+        b = ChunkBuilder(MergeRules())
+        for n, e in enumerate(HISTORY, 1):
+            b.add(parse_event(e), (source, n, None))
+        c = b.take()
+        sent = pickle.loads(pickle.dumps(c))
+        assert sent.all_plans(MergeRules()) == c.all_plans(MergeRules())
+        assert (sent.register, sent.planned, sent.lone) == (c.register, c.planned, c.lone)

@@ -379,3 +379,10 @@ def test_the_graph_keeps_its_rules_when_imported_from_the_command_line(tmp_path:
     path = write(tmp_path / "h.jsonl", jsonl([alias(1, "m1", "a", "b"), alias(2, "m2", "c", "b")]))
     result = run(url, path)
     assert result.stdout.splitlines()[2] == "  links: 1 merged, 0 together, 1 refused (size_cap 1)"
+
+
+def test_the_batch_size_default_is_the_importers() -> None:
+    from identity_graph.importer import DEFAULT_IMPORT_BATCH
+
+    option = next(p for p in cli.commands["import"].params if p.name == "batch_size")
+    assert option.default == DEFAULT_IMPORT_BATCH
