@@ -35,8 +35,8 @@ from .results import CONFLICT_REASON, IngestSummary
 # 425 MB). Past that the pages touched are nearly all of them anyway and memory grows.
 DEFAULT_IMPORT_BATCH = 100_000
 PARALLEL_MIN_BYTES = 8 << 20
-#: The parse worker's first chunk is small, so that the writer starts within ~50 ms.
-FIRST_CHUNK = 5_000
+#: The parse worker's chunks at the start and the end of the input (see _parse).
+SMALL_CHUNK = 5_000
 #: Events applied from which an import refreshes the planner statistics (see IdentityGraph.optimize).
 ANALYZE_AFTER = 10_000
 
@@ -215,12 +215,17 @@ def _import(
 
 
 def _parse(
-    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, first_chunk: int | None = None
+    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, small: int | None = None
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """The sources' events, validated and planned under ``rules``, packed into chunks of
-    ``chunk_size`` valid events (``first_chunk`` for the first one), each with the invalid
-    items met while reading it and the input bytes it consumed. With ``strict`` a chunk
-    ends at the first invalid item."""
+    ``chunk_size`` valid events, each with the invalid items met while reading it and the
+    input bytes it consumed. With ``strict`` a chunk ends at the first invalid item.
+
+    ``small``: a parse worker's chunk size at both ends of the input. The writer waits for
+    the first chunk and the worker waits for the writer's last one: small chunks there
+    keep both processes busy (~1 s of a 1M-event import). The end is told from the
+    input's size and the bytes an event has taken so far (no end is known for stdin).
+    """
     consumed = [0]
 
     def count(n: int) -> None:
@@ -228,7 +233,10 @@ def _parse(
 
     builder = ChunkBuilder(rules)
     issues: list[ImportIssue] = []
-    size = min(chunk_size, first_chunk or chunk_size)
+    sizes = [s.size for s in expanded]
+    remaining = None if small is None or None in sizes else sum(sizes)  # type: ignore[arg-type]
+    events_seen = bytes_seen = 0
+    size = min(chunk_size, small or chunk_size)
     now = datetime_to_time(datetime.now(timezone.utc))
     taken = 0
     for source in expanded:
@@ -243,8 +251,18 @@ def _parse(
                 taken += 1
                 if taken < size:
                     continue
+            events_seen += taken + len(issues)
+            bytes_seen += consumed[0]
             yield builder.take(), issues, consumed[0]
-            issues, consumed[0], size, taken = [], 0, chunk_size, 0
+            if remaining is None:
+                size = chunk_size
+            else:
+                # Near the end each chunk takes half of what is left: a few shrinking chunks
+                # (each commit rewrites the register's pages, so not many small ones).
+                remaining -= consumed[0]
+                left = remaining * events_seen / max(bytes_seen, 1)
+                size = max(min(small, chunk_size), min(chunk_size, int(left // 2)))  # type: ignore[type-var]
+            issues, consumed[0], taken = [], 0, 0
             now = datetime_to_time(datetime.now(timezone.utc))
     yield builder.take(), issues, consumed[0]
 
@@ -292,7 +310,7 @@ def _parse_in_worker(
 def _worker_main(sender: Any, expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool) -> None:
     try:
         with gc_paused():
-            for chunk in _parse(expanded, chunk_size, rules, strict, first_chunk=FIRST_CHUNK):
+            for chunk in _parse(expanded, chunk_size, rules, strict, small=SMALL_CHUNK):
                 sender.send(("chunk", chunk))
         sender.send(("done", None))
     except SourceError as exc:

@@ -218,3 +218,21 @@ def test_a_chunk_survives_the_pipe() -> None:
         sent = pickle.loads(pickle.dumps(c))
         assert sent.all_plans(MergeRules()) == c.all_plans(MergeRules())
         assert (sent.register, sent.planned, sent.lone) == (c.register, c.planned, c.lone)
+
+
+def test_a_parse_worker_sends_small_chunks_at_both_ends(tmp_path: Path) -> None:
+    """The writer waits for the first chunk and the parser for the writer's last one: the
+    worker starts small, runs at full size, and halves what is left near the end."""
+    from identity_graph.importer import _parse
+    from identity_graph.readers import expand_sources
+
+    # ~1 KB events, as in real exports: the reader's 1 MB read-ahead is then small
+    # against the file, and the bytes an event takes are estimated well.
+    events = [{**page(f"m{n}", n % 3000, f"a{n % 700}"), "properties": {"pad": "x" * 1000}} for n in range(20_000)]
+    sources = expand_sources([write(tmp_path / "h.jsonl", events)])
+    sizes = [len(c) for c, _, _ in _parse(sources, 4000, MergeRules(), small=500)]
+    assert sum(sizes) == 20_000
+    assert sizes[0] == 500 and sizes.count(4000) >= 3
+    tail = sizes[sizes.index(4000):]
+    assert tail == sorted(tail, reverse=True) and tail[-1] < 1000 and len(tail) - tail.count(4000) <= 6
+    assert [len(c) for c, _, _ in _parse(sources, 4000, MergeRules())] == [4000] * 5 + [0]
