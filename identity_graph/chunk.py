@@ -16,6 +16,7 @@ the second core too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Iterable
 
 import orjson
@@ -26,6 +27,7 @@ from .rules import MergeRules
 
 
 _new = tuple.__new__
+_KEY = itemgetter(0)
 
 
 @dataclass
@@ -150,5 +152,5 @@ class ChunkBuilder:
         chunk, self._chunk, self._seen = self._chunk, Chunk(), set()
         # In key order, the register's inserts walk its index's pages in order instead of
         # at random: ~1 us a row less (measured in memory, 1M UUID keys: 3.6 s -> 2.4 s).
-        chunk.register.sort()
+        chunk.register.sort(key=_KEY)
         return chunk

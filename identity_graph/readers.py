@@ -211,6 +211,84 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
         on_bytes(counted.count - reported)
 
 
+def splittable(source: Source) -> bool:
+    """Whether ``source`` is a plain (uncompressed) JSON-lines file, whose byte ranges can be
+    read apart from each other (see :func:`read_range`): by the same test as the reader's."""
+    if source.path == "-" or not source.size:
+        return False
+    try:
+        with open(source.path, "rb") as f:
+            if f.read(2) == _GZIP_MAGIC:
+                return False
+            f.seek(0)
+            candidates: list[bytes] = []
+            for line in f:
+                if not candidates and line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                if line.strip():
+                    candidates.append(line)
+                    if len(candidates) == 2:
+                        break
+    except OSError:
+        return False
+    first = candidates[0].lstrip()[:1] if candidates else b""
+    if first == b"[":
+        return False
+    return not (first == b"{" and not any(_is_json_object_line(line) for line in candidates))
+
+
+def line_start(path: str, offset: int) -> int:
+    """The offset of the first line that starts at or after ``offset`` (the file's size if none)."""
+    if offset <= 0:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(offset - 1)
+        position = offset - 1
+        while piece := f.read(1 << 16):
+            newline = piece.find(b"\n")
+            if newline >= 0:
+                return position + newline + 1
+            position += len(piece)
+    return position
+
+
+def count_lines(path: str, start: int, end: int) -> int:
+    """Line ends in bytes ``start`` to ``end`` of a file (read in pieces: memory stays flat)."""
+    total = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0 and (piece := f.read(min(left, 8 << 20))):
+            total += piece.count(b"\n")
+            left -= len(piece)
+    return total
+
+
+def read_range(source: Source, start: int, end: int, first_line: int) -> Iterator[Item]:
+    """The events of the lines of a JSON-lines file that start in bytes ``start`` to ``end``
+    (both at line starts, see :func:`line_start`); the first is line ``first_line``."""
+    name = source.path
+    try:
+        with open(name, "rb") as f:
+            f.seek(start)
+            position = start
+            loads, new, item = orjson.loads, tuple.__new__, Item
+            for number, line in enumerate(f, first_line):
+                if position >= end:
+                    break
+                position += len(line)
+                try:  # decode_line's common case, inlined, as in _read_stream
+                    value = loads(line)
+                except orjson.JSONDecodeError:
+                    value = None
+                if type(value) is dict and "batch" not in value:
+                    yield new(item, (name, number, None, value, None, line))
+                else:
+                    yield from decode_line(name, number, line)
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot read ({exc})") from None
+
+
 def _peek_first_bytes(stream: IO[bytes]) -> bytes:
     peek = getattr(stream, "peek", None)
     if peek is not None:

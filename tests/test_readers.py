@@ -324,3 +324,49 @@ def test_json_lines_whose_first_two_lines_are_broken_still_yield_the_valid_lines
     assert [(i.line, i.error is None) for i in items] == [(1, False), (2, False), (3, True)]
     assert items[2].value == {"type": "page", "anonymousId": "a"}
     assert items[0].error.startswith("invalid JSON")
+
+
+# -- byte ranges of a JSON-lines file (two parse workers) -------------------------------
+
+
+def test_reading_a_file_in_ranges_gives_the_same_items_with_the_files_line_numbers(tmp_path: Path) -> None:
+    import random
+
+    from identity_graph.readers import count_lines, line_start, read_range, splittable
+
+    lines = [b"\xef\xbb\xbf" + orjson.dumps(E1), b"", orjson.dumps(E2) + b"\r", b"{broken",
+             orjson.dumps({"batch": [E1, E3], "context": {"ip": "1.2.3.4"}}), b"   ", orjson.dumps(E3)]
+    lines += [orjson.dumps({**E2, "messageId": f"m{n}", "pad": "x" * (n % 300)}) for n in range(400)]
+    data = b"\n".join(lines)  # no line end after the last line
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(data)
+    source = Source(str(path), len(data))
+    assert splittable(source)
+    whole = [(i.line, i.index, i.value, i.error) for i in read_source(source)]
+    rng = random.Random(5)
+    for _ in range(20):
+        cuts = sorted({0, len(data), *(rng.randrange(len(data)) for _ in range(rng.randrange(1, 30)))})
+        items, line = [], 1
+        for a, b in zip(cuts, cuts[1:]):
+            start, end = line_start(str(path), a), line_start(str(path), b)
+            items += [(i.line, i.index, i.value, i.error) for i in read_range(source, start, end, line)]
+            line += count_lines(str(path), start, end)
+        assert items == whole
+
+
+@pytest.mark.parametrize("content, expected", [
+    (jsonl(EVENTS), True),
+    (b"\n\n" + jsonl(EVENTS), True),
+    (b"not json at all\n" + jsonl(EVENTS), True),  # still JSON lines, with one bad line
+    (json.dumps(EVENTS).encode(), False),          # an array
+    (json.dumps(E1, indent=2).encode(), False),    # one pretty-printed document
+    (gzip.compress(jsonl(EVENTS)), False),
+    (b"", False),
+])
+def test_only_plain_json_lines_files_are_read_in_ranges(tmp_path: Path, content: bytes, expected: bool) -> None:
+    from identity_graph.readers import splittable
+
+    path = tmp_path / "f.json"
+    path.write_bytes(content)
+    assert splittable(Source(str(path), len(content))) is expected
+    assert not splittable(Source("-", None))
