@@ -626,27 +626,38 @@ class WriteTx(ReadTx):
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
         if self.sql.pg:
-            inserted = 0
-            for chunk in _chunks(rows, 5000):
-                self.cur.execute(
-                    "INSERT INTO ig_events (message_id, time, type, digest, tx)"
-                    " SELECT m, t, y, d, %s FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[])"
-                    " AS u(m, t, y, d) ON CONFLICT DO NOTHING",
-                    [tx_number, *(list(col) for col in zip(*chunk))],
-                )
-                inserted += self.cur.rowcount
-            if inserted == len(rows):
-                return {}
-        else:
-            # The transaction number is ours (an int), so it is written into the statement:
-            # the rows go to executemany as given, without a copy per row.
-            self.cur.executemany(
+            # COPY into a session-private staging table, then one INSERT ... SELECT: about
+            # half the time of unnest() arrays bound per 5,000 rows, and the look-up of the
+            # earlier rows (rare) is one join instead of IN lists.
+            self.cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS ig_events_in"
+                " (message_id text COLLATE \"C\", time bigint, type text, digest bigint) ON COMMIT DELETE ROWS"
+            )
+            with self.cur.copy("COPY ig_events_in (message_id, time, type, digest) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self.cur.execute(
                 "INSERT INTO ig_events (message_id, time, type, digest, tx)"
-                f" VALUES (?, ?, ?, ?, {int(tx_number)}) ON CONFLICT DO NOTHING",
-                rows,
+                " SELECT message_id, time, type, digest, %s FROM ig_events_in ON CONFLICT DO NOTHING",
+                (tx_number,),
             )
             if self.cur.rowcount == len(rows):
-                return {}
+                return {}  # the staging rows go at commit (or with a rollback)
+            self.cur.execute(
+                "SELECT e.message_id, e.time, e.type, e.digest FROM ig_events e"
+                " JOIN ig_events_in i ON i.message_id = e.message_id WHERE e.tx <> %s",
+                (tx_number,),
+            )
+            return {r[0]: tuple(r[1:]) for r in self.cur.fetchall()}
+        # The transaction number is ours (an int), so it is written into the statement:
+        # the rows go to executemany as given, without a copy per row.
+        self.cur.executemany(
+            "INSERT INTO ig_events (message_id, time, type, digest, tx)"
+            f" VALUES (?, ?, ?, ?, {int(tx_number)}) ON CONFLICT DO NOTHING",
+            rows,
+        )
+        if self.cur.rowcount == len(rows):
+            return {}
         earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
                                   "message_id", [row[0] for row in rows], prefix=(tx_number,))
         return {r[0]: tuple(r[1:]) for r in earlier}
@@ -657,15 +668,27 @@ class WriteTx(ReadTx):
         if rows:
             self.cur.executemany(self.sql(sql), rows)
 
+    def _insert(self, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+        """Insert new rows (no conflicts possible: the caller knows they are new)."""
+        if not rows:
+            return
+        if self.sql.pg:
+            # COPY streams the rows in one command. psycopg's executemany pipelines an
+            # INSERT per row, which measured ~34 us a link (1M-event import: links 9.1 s).
+            with self.cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * len(rows[0]))
+            self.cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+
     def insert_ids(self, rows: list[tuple[str, int, int | None, str | None, int]]) -> None:
         """rows: (id, profile_id, known_time, known_msg, first_time)."""
-        self._many(
-            "INSERT INTO ig_ids (id, profile_id, known_time, known_msg, first_time) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        self._insert("ig_ids", "id, profile_id, known_time, known_msg, first_time", rows)
 
     def insert_links(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (message_id, seq, source, target, kind, event_type, time, outcome, reason)."""
-        self._many(f"INSERT INTO ig_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._insert("ig_links", _LINK_COLUMNS, rows)
 
     def set_id_fields(self, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         """Update ``fields`` of existing IDs; each row is the field values, then the ID."""
@@ -683,11 +706,7 @@ class WriteTx(ReadTx):
 
     def insert_profiles(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (profile_id, canonical, size, known, last_time, last_msg)."""
-        self._many(
-            "INSERT INTO ig_profiles (profile_id, canonical, size, known, last_time, last_msg)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        self._insert("ig_profiles", "profile_id, canonical, size, known, last_time, last_msg", rows)
 
     def update_profiles(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (profile_id, canonical, size, known, last_time, last_msg)."""

@@ -320,6 +320,10 @@ class _FaultyCursor:
         self._faults.call(statement)
         return self._cursor.executemany(statement, *args, **kwargs)
 
+    def copy(self, statement: str, *args: Any, **kwargs: Any) -> Any:  # PostgreSQL bulk inserts
+        self._faults.call(statement)
+        return self._cursor.copy(statement, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
 
