@@ -3,8 +3,8 @@
 Every contender runs in its own process, one after the other, on the same JSON-lines file
 (generated with seed 1, see generate.py; the page cache is warmed first). Each line
 printed gives the wall time of the whole process (interpreter start to exit), events/s,
-the process's peak RSS (``ru_maxrss`` as reported by ``/usr/bin/time -f %M``) and the ratio of its time to the
-floor's:
+the peak RSS of the process and its children together (see ``run_process``) and the
+ratio of its time to the floor's:
 
 * ``import sqlite``  -- ``identity-graph --db sqlite:///<fresh file> import FILE --quiet``;
 * ``import pg``      -- the same into a fresh PostgreSQL schema (``--skip-pg`` skips it);
@@ -161,17 +161,22 @@ class Run:
 def run_process(label: str, cmd: list[str], events: int) -> Run:
     """Run ``cmd`` to completion: its wall time and its peak RSS.
 
-    The RSS comes from ``/usr/bin/time -f %M`` (its child's ``ru_maxrss``), not from our
-    own ``wait4``: on Linux a child's ``ru_maxrss`` starts at its parent's RSS at fork
-    time (the high-water mark survives ``execve``), so this process's own size (the maps
-    it compares) would leak into the figure. ``/usr/bin/time`` is small when it forks.
+    The RSS is the largest sum, sampled every 20 ms, over the process and all its
+    descendants (the import's parse workers are processes of their own), and at least
+    ``/usr/bin/time -f %M`` (the largest single process's ``ru_maxrss``, which catches a
+    peak shorter than a sample). Not our own ``wait4``: on Linux a child's ``ru_maxrss``
+    starts at its parent's RSS at fork time, so this process's own size would leak in.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         load_before = os.getloadavg()[0]
         began = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], check=False, stdout=out,
-                              stderr=err, cwd=ROOT)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], stdout=out,
+                                stderr=err, cwd=ROOT)
+        tree_kb = 0
+        while proc.poll() is None:
+            tree_kb = max(tree_kb, _tree_rss_kb(proc.pid))
+            time.sleep(0.02)
         elapsed = time.perf_counter() - began
         load_after = os.getloadavg()[0]
         out.seek(0)
@@ -180,7 +185,33 @@ def run_process(label: str, cmd: list[str], events: int) -> Run:
         rss_kb = int(rss.read().split()[-1]) if proc.returncode == 0 else 0
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed (exit {proc.returncode}): {' '.join(cmd)}\n{stdout}\n{stderr}")
-    return Run(label, events, elapsed, rss_kb / 1024, (load_before, load_after), stdout)
+    return Run(label, events, elapsed, max(rss_kb, tree_kb) / 1024, (load_before, load_after), stdout)
+
+
+def _tree_rss_kb(root: int) -> int:
+    """VmRSS summed over ``root`` and its descendants (from /proc; 0 for what has gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
 
 
 def best_of(repeat: int, make: Any) -> Run:
