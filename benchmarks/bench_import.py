@@ -161,7 +161,7 @@ class Run:
 def run_process(label: str, cmd: list[str], events: int) -> Run:
     """Run ``cmd`` to completion: its wall time and its peak RSS.
 
-    The RSS is the largest sum, sampled every 20 ms, over the process and all its
+    The RSS is the largest sum, sampled every 100 ms, over the process and all its
     descendants (the import's parse workers are processes of their own), and at least
     ``/usr/bin/time -f %M`` (the largest single process's ``ru_maxrss``, which catches a
     peak shorter than a sample). Not our own ``wait4``: on Linux a child's ``ru_maxrss``
@@ -173,10 +173,13 @@ def run_process(label: str, cmd: list[str], events: int) -> Run:
         began = time.perf_counter()
         proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], stdout=out,
                                 stderr=err, cwd=ROOT)
-        tree_kb = 0
+        tree_kb, pids, samples = 0, [proc.pid], 0
         while proc.poll() is None:
-            tree_kb = max(tree_kb, _tree_rss_kb(proc.pid))
-            time.sleep(0.02)
+            if samples % 5 == 0:  # look for new children twice a second; /proc scans cost CPU
+                pids = _tree(proc.pid)
+            tree_kb = max(tree_kb, sum(_rss_kb(pid) for pid in pids))
+            samples += 1
+            time.sleep(0.1)
         elapsed = time.perf_counter() - began
         load_after = os.getloadavg()[0]
         out.seek(0)
@@ -188,8 +191,8 @@ def run_process(label: str, cmd: list[str], events: int) -> Run:
     return Run(label, events, elapsed, max(rss_kb, tree_kb) / 1024, (load_before, load_after), stdout)
 
 
-def _tree_rss_kb(root: int) -> int:
-    """VmRSS summed over ``root`` and its descendants (from /proc; 0 for what has gone)."""
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -199,19 +202,23 @@ def _tree_rss_kb(root: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, pending = 0, [root]
+    out, pending = [], [root]
     while pending:
         pid = pending.pop()
+        out.append(pid)
         pending.extend(children.get(pid, ()))
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
-    return total
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def best_of(repeat: int, make: Any) -> Run:

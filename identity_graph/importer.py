@@ -1,10 +1,11 @@
 """How does history get in? Batch import of event files into a graph.
 
 :func:`import_events` streams the sources (see :mod:`identity_graph.readers`), validates
-each event, and hands batches to :meth:`IdentityGraph.apply_events`, the same path that
-``ingest`` and ``ingest_many`` take, so an import and one-by-one ingestion give the same
-graph. Each batch is one transaction: a crash loses at most the batch in flight, and
-re-running the import skips everything that landed (rule 9).
+each event, packs batches into chunks (:class:`~identity_graph.chunk.Chunk`) and hands them to
+:meth:`IdentityGraph.apply_chunk`, which applies the rules through the same writer as
+``ingest`` and ``ingest_many``, so an import and one-by-one ingestion give the same graph.
+Each batch is one transaction: a crash loses at most the batch in flight, and re-running
+the import skips everything that landed (rule 9).
 
 Progress goes to a callback; bad input to another. Nothing here prints.
 """
@@ -149,8 +150,9 @@ def import_events(
     :class:`StrictImportStopped` after committing the events before it. A missing path
     or unreadable file raises :class:`~identity_graph.readers.SourceError` before or while
     reading it; what was committed stays, and re-running completes the import.
-    ``parallel``: read and validate in a child process while this one writes. Off by
-    default in the library: the child is *spawned*, which re-imports the calling script,
+    ``parallel``: read and validate in child processes (two; see "the parse workers"
+    below) while this one writes. Off by default in the library: they are *spawned*,
+    which re-imports the calling script,
     so a script must guard its top level with ``if __name__ == "__main__":`` (the
     multiprocessing rule). The ``import`` command turns it on past ``PARALLEL_MIN_BYTES``
     of input when there is a spare CPU.
