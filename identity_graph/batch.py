@@ -197,7 +197,8 @@ def apply_chunk(
     earlier = tx.claim_message_ids(chunk.register)
     short_cut = not (earlier and chunk.any_lone(earlier))
     plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
-    summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone, chunk.register)
+    summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone,
+                             list(chunk.held.values()))
     if short_cut:
         summary.applied += chunk.lone_events
         summary.blocked += chunk.blocked_events
@@ -225,7 +226,9 @@ def _apply_claimed(
     register: list[tuple[str, int, str, int]] | None = None,
 ) -> list[IngestResult] | IngestSummary:
     """The rest of :func:`apply_plans` once the plans' messageIds are registered:
-    ``earlier`` holds the ones registered before (not applied again)."""
+    ``earlier`` holds the ones registered before (not applied again). ``register``: the
+    register rows of (at least) the first events of the ``repeats``' messageIds, when
+    their plans are not all in ``plans`` (a chunk's)."""
     tx.count_duplicates(len(repeats) + len(earlier))
     conflicts = {
         p.event.message_id for p in plans
@@ -234,7 +237,7 @@ def _apply_claimed(
     counts.conflicting = [p for p in plans if p.event.message_id in conflicts]
     if repeats:
         # The event holding each messageId: the stored one, else the batch's first (which
-        # a chunk's register rows name even when its plan is packed away).
+        # a chunk names by its register row even when its plan is packed away).
         holder = (
             {r[0]: r[1:] for r in register} if register is not None
             else {p.event.message_id: _row(p) for p in plans}
