@@ -175,7 +175,6 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
     if first == b"[":
         yield from _read_array(name, stream)
         return
-    reported = 0
     lines = iter(stream)
     pending: list[tuple[int, bytes]] = []
     if first == b"{":
@@ -193,9 +192,31 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
     number = 0
     for number, line in pending:
         yield from decode_line(name, number, line)
+    numbered: Iterable[tuple[int, bytes]] = enumerate(lines, number + 1)
+    if on_bytes is not None:
+        numbered = _reporting(numbered, counted, on_bytes)
+    yield from _decode_lines(name, numbered)
+
+
+def _reporting(
+    numbered: Iterable[tuple[int, bytes]], counted: _Counted, on_bytes: Callable[[int], None]
+) -> Iterator[tuple[int, bytes]]:
+    """The lines as they are, telling ``on_bytes`` the bytes read (all of them, from the
+    file's start) every 1,024 lines and at the end."""
+    reported = 0
+    for number, line in numbered:
+        yield number, line
+        if number % 1024 == 0:
+            on_bytes(counted.count - reported)
+            reported = counted.count
+    on_bytes(counted.count - reported)
+
+
+def _decode_lines(name: str, numbered: Iterable[tuple[int, bytes]]) -> Iterator[Item]:
+    """:func:`decode_line` over numbered lines, its common case inlined: this loop runs once
+    per event of an import."""
     loads, new, item = orjson.loads, tuple.__new__, Item
-    for number, line in enumerate(lines, number + 1):
-        # decode_line's common case, inlined: this loop runs once per event of an import.
+    for number, line in numbered:
         try:
             value = loads(line)
         except orjson.JSONDecodeError:
@@ -204,11 +225,6 @@ def _read_stream(name: str, stream: IO[bytes], counted: _Counted, on_bytes: Call
             yield new(item, (name, number, None, value, None, line))
         else:
             yield from decode_line(name, number, line)
-        if on_bytes is not None and number % 1024 == 0:
-            on_bytes(counted.count - reported)
-            reported = counted.count
-    if on_bytes is not None:
-        on_bytes(counted.count - reported)
 
 
 def splittable(source: Source) -> bool:
@@ -268,23 +284,19 @@ def read_range(source: Source, start: int, end: int, first_line: int) -> Iterato
     """The events of the lines of a JSON-lines file that start in bytes ``start`` to ``end``
     (both at line starts, see :func:`line_start`); the first is line ``first_line``."""
     name = source.path
+
+    def numbered(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+        position = start
+        for number, line in enumerate(f, first_line):
+            if position >= end:
+                return
+            position += len(line)
+            yield number, line
+
     try:
         with open(name, "rb") as f:
             f.seek(start)
-            position = start
-            loads, new, item = orjson.loads, tuple.__new__, Item
-            for number, line in enumerate(f, first_line):
-                if position >= end:
-                    break
-                position += len(line)
-                try:  # decode_line's common case, inlined, as in _read_stream
-                    value = loads(line)
-                except orjson.JSONDecodeError:
-                    value = None
-                if type(value) is dict and "batch" not in value:
-                    yield new(item, (name, number, None, value, None, line))
-                else:
-                    yield from decode_line(name, number, line)
+            yield from _decode_lines(name, numbered(f))
     except OSError as exc:
         raise SourceError(f"{name}: cannot read ({exc})") from None
 
