@@ -452,12 +452,15 @@ def _worker_main(
                 try:
                     start, end = line_start(path, unit.start), line_start(path, unit.end)
                     line = first_line.get(path, 1)
-                    first_line[path] = line + count_lines(path, start, end)
+                    lines = count_lines(path, start, end)
+                    first_line[path] = line + lines
                 except OSError as exc:
                     raise SourceError(f"{path}: cannot read ({exc})") from None
                 if ours:
                     consumed = [0]
-                    for chunk, issues, _ in _chunked(read_range(unit.source, start, end, line), consumed,
+                    # The file's last range reads to its end (its last line may have no line end).
+                    lines_read = None if end >= (unit.source.size or 0) else lines
+                    for chunk, issues, _ in _chunked(read_range(unit.source, start, lines_read, line), consumed,
                                                      chunk_size, rules, strict, None, None):
                         put(("chunk", (chunk, issues, 0)))
                     put(("chunk", (Chunk(), [], end - start)))  # the range's bytes, for progress

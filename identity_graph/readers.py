@@ -16,6 +16,7 @@ import os
 import sys
 import zlib
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -280,23 +281,19 @@ def count_lines(path: str, start: int, end: int) -> int:
     return total
 
 
-def read_range(source: Source, start: int, end: int, first_line: int) -> Iterator[Item]:
-    """The events of the lines of a JSON-lines file that start in bytes ``start`` to ``end``
-    (both at line starts, see :func:`line_start`); the first is line ``first_line``."""
+def read_range(source: Source, start: int, lines: int | None, first_line: int) -> Iterator[Item]:
+    """The events of ``lines`` lines (None: all the rest) of a JSON-lines file, from byte
+    ``start`` (a line start, see :func:`line_start`); the first is line ``first_line``.
+
+    The caller counts the lines (:func:`count_lines`): a count lets the file be read by
+    C-level iteration alone, with no Python step per line to watch the range's end.
+    """
     name = source.path
-
-    def numbered(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-        position = start
-        for number, line in enumerate(f, first_line):
-            if position >= end:
-                return
-            position += len(line)
-            yield number, line
-
     try:
         with open(name, "rb") as f:
             f.seek(start)
-            yield from _decode_lines(name, numbered(f))
+            numbered = enumerate(f, first_line)
+            yield from _decode_lines(name, numbered if lines is None else islice(numbered, lines))
     except OSError as exc:
         raise SourceError(f"{name}: cannot read ({exc})") from None
 
