@@ -117,35 +117,33 @@ class ChunkBuilder:
     def __len__(self) -> int:
         return len(self._chunk)
 
-    def _is_blocked(self, value: str) -> bool:
-        # MergeRules.is_blocked, inlined: it runs for every ID of every event.
-        return not value.strip() or value.casefold() in self._blocked
-
     def add(self, event: Event, origin: Any) -> None:
+        # Written out (fields unpacked once, MergeRules.is_blocked inlined): it runs for
+        # every event of an import.
         fields = tuple(event)
+        type_, mid, time, user, anon, prev = fields
         chunk = self._chunk
-        mid = event.message_id
         first = self._seen.get(mid)
         if first is not None:
             chunk.repeats.append((fields, origin))
             chunk.held[mid] = first
             return
         digest = event_digest(event)
-        self._seen[mid] = row = (mid, event.time, event.type, digest)
+        self._seen[mid] = row = (mid, time, type_, digest)
         chunk.register.append(row)
-        user = event.user_id
-        if user is not None and not self._is_blocked(user):
+        blocked = self._blocked
+        if user is not None and user.strip() and user.casefold() not in blocked:
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
         chunk.others.append((fields, origin))
+        lone = chunk.lone
         found = False
-        for value in (event.previous_id, event.anonymous_id):
-            if value is not None and not self._is_blocked(value):
+        for value in (prev, anon):
+            if value is not None and value.strip() and value.casefold() not in blocked:
                 found = True
-                t = event.time
-                if t < chunk.lone.get(value, t + 1):
-                    chunk.lone[value] = t
+                if time < lone.get(value, time + 1):
+                    lone[value] = time
         if found:
             chunk.lone_events += 1
         else:

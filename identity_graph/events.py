@@ -17,6 +17,7 @@ import orjson
 from .errors import InvalidEvent
 
 EVENT_TYPES = frozenset({"alias", "identify", "track", "page", "screen", "group"})
+_TYPES = {t: t for t in EVENT_TYPES}
 #: The fields consulted for event time, in order of preference (rule 8).
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
 MAX_ID_LENGTH = 1024
@@ -147,11 +148,14 @@ def parse_event(obj: object, *, now: int | None = None) -> Event:
     # type() first: the ABC isinstance check costs more than the rest of the validation.
     if type(obj) is not dict and not isinstance(obj, Mapping):
         raise InvalidEvent("event", f"must be a JSON object, not {_type_name(obj)}")
-    type_ = obj.get("type")
-    if type_ is None:
+    given = obj.get("type")
+    if given is None:
         raise InvalidEvent("type", "is missing")
-    if not isinstance(type_, str) or type_ not in EVENT_TYPES:
-        raise InvalidEvent("type", f"{_short(type_)} is not one of {', '.join(sorted(EVENT_TYPES))}")
+    # One str object per type, not one per event: pickle (an import's parse workers) then
+    # writes each type once per batch.
+    type_ = _TYPES.get(given) if isinstance(given, str) else None
+    if type_ is None:
+        raise InvalidEvent("type", f"{_short(given)} is not one of {', '.join(sorted(EVENT_TYPES))}")
 
     user_id = _id_field(obj, "userId")
     anonymous_id = _id_field(obj, "anonymousId")
