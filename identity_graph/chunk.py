@@ -9,7 +9,7 @@ register. The writer applies both in one transaction
 (:func:`identity_graph.batch.apply_chunk`), and falls back to every event's plan, which the
 chunk can still make, whenever the short cut would not be exact.
 
-Chunks are built where the events are parsed, so with a parse worker that work runs on
+Chunks are built where the events are parsed, so with parse workers that work runs on
 the second core too.
 """
 

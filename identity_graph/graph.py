@@ -169,12 +169,12 @@ class IdentityGraph:
     def apply_counted(self, events: list[Event] | list[Plan], summary: IngestSummary) -> list[Plan]:
         """Apply already-validated events in one transaction and count the results into ``summary``.
 
-        The bulk entry point (``ingest_many``, imports): like :meth:`apply_events`, without
-        an object per event. ``summary.events`` is left to the caller, who counts input.
-        ``events`` may also be :class:`~identity_graph.batch.Plan`s made under this graph's
-        rules (an import's parse worker makes them). Returns the plans of the events that
-        re-used an earlier event's messageId with other content, for the caller to report
-        (their ``origin`` says where they came from).
+        The bulk entry point of ``ingest_many`` (an import uses :meth:`apply_chunk`): like
+        :meth:`apply_events`, without an object per event. ``summary.events`` is left to the
+        caller, who counts input. ``events`` may also be :class:`~identity_graph.batch.Plan`s
+        made under this graph's rules. Returns the plans of the events that re-used an
+        earlier event's messageId with other content, for the caller to report (their
+        ``origin`` says where they came from).
         """
         from .batch import BatchCounts, apply_plans
 
