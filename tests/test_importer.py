@@ -579,9 +579,14 @@ def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(graph: Id
     assert graph.resolve("d1") is not None  # the first file's batches were committed
 
 
-def test_the_import_command_uses_the_worker_only_when_it_pays_off(tmp_path: Path) -> None:
-    from identity_graph.importer import PARALLEL_MIN_BYTES, parallel_pays_off
+def test_the_import_command_uses_the_worker_only_when_it_pays_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import identity_graph.importer as importer
+    from identity_graph.importer import parallel_pays_off
 
+    PARALLEL_MIN_BYTES = 8 << 20  # noqa: N806 (smaller than the real threshold: a smaller test file)
+    monkeypatch.setattr(importer, "PARALLEL_MIN_BYTES", PARALLEL_MIN_BYTES)
     small = _write(tmp_path, "small.jsonl", jsonl(HISTORY))
     assert not parallel_pays_off([small]) and not parallel_pays_off(["-"])
     assert not parallel_pays_off([tmp_path / "missing.jsonl"])
@@ -591,10 +596,15 @@ def test_the_import_command_uses_the_worker_only_when_it_pays_off(tmp_path: Path
     assert parallel_pays_off([big]) == ((__import__("os").cpu_count() or 1) > 1)
 
 
-def test_a_large_import_through_the_command_equals_the_sequential_library_import(tmp_path: Path) -> None:
+def test_a_large_import_through_the_command_equals_the_sequential_library_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
+    import identity_graph.importer as importer
     from identity_graph.cli import cli
+
+    monkeypatch.setattr(importer, "PARALLEL_MIN_BYTES", 8 << 20)  # this 10 MB file then takes the workers
 
     padding = "x" * 900
     events = [dict(e, properties={"pad": padding}) for e in _collision_history(10_000, 10)]
