@@ -183,9 +183,9 @@ def apply_chunk(
     """Apply an import's :class:`~identity_graph.chunk.Chunk` in one transaction; its counts.
 
     The same rules as :func:`apply_plans` on the chunk's events, which it falls back to
-    whenever the short cut does not hold. The short cut: an event whose only effect is
-    one ID (no link, no userId to mark known) changes nothing but that ID's existence and
-    first-seen time, so those events reach the rules only as the chunk's ``lone`` map
+    whenever the short cut does not hold. The short cut: an event without a (non-blocked)
+    userId links nothing and marks nothing known; it changes nothing but its IDs' existence
+    and first-seen times, so those events reach the rules only as the chunk's ``lone`` map
     (ID -> earliest time), and their messageIds only as register rows. That holds while
     every one of them is new to the register (a re-sent or conflicting one must take no
     part) and no ID was ever erased (each event is then checked against the erased list).
@@ -249,10 +249,7 @@ def _apply_claimed(
         counts.conflicting += [repeats[i] for i in sorted(counts.repeat_conflicts)]
     # A blocked event changes nothing, but its messageId is claimed all the same: the
     # first event with a messageId wins, however the events were batched (rule 9).
-    if earlier:
-        fresh = sorted((p for p in plans if p.ids and p.event.message_id not in earlier), key=lambda p: p.event.key)
-    else:
-        fresh = sorted((p for p in plans if p.ids), key=lambda p: p.event.key)
+    fresh = sorted((p for p in plans if p.ids and p.event.message_id not in earlier), key=lambda p: p.event.key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
     if fresh or lone:

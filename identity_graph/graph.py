@@ -176,29 +176,32 @@ class IdentityGraph:
         earlier event's messageId with other content, for the caller to report (their
         ``origin`` says where they came from).
         """
-        from .batch import BatchCounts, apply_plans
+        from .batch import apply_plans
 
         plans, _, repeats = self._plans(events)
         if not plans:
             return []
-        counts = BatchCounts()
-        summary.merge(self._store.run_write(  # type: ignore[arg-type]
-            lambda tx: apply_plans(tx, self.rules, self._cache, plans, list(repeats.values()), counts,
-                                   counts_only=True)
-        ))
-        summary.new_ids += counts.new_ids
-        summary.touched_profiles -= counts.absorbed
-        summary.touched_profiles |= counts.touched
-        return counts.conflicting
+        return self._counted_write(
+            lambda tx, counts: apply_plans(tx, self.rules, self._cache, plans, list(repeats.values()), counts,
+                                           counts_only=True),
+            summary,
+        )
 
     def apply_chunk(self, chunk: "Chunk", summary: IngestSummary) -> list[Plan]:
         """Apply an import's :class:`~identity_graph.chunk.Chunk` in one transaction, counting
         into ``summary`` as :meth:`apply_counted` does (``summary.events`` is the caller's);
         returns the plans of the events that re-used an earlier messageId with other content."""
-        from .batch import BatchCounts, apply_chunk
+        from .batch import apply_chunk
+
+        return self._counted_write(lambda tx, counts: apply_chunk(tx, self.rules, self._cache, chunk, counts), summary)
+
+    def _counted_write(self, fn: Callable[[Any, "BatchCounts"], Any], summary: IngestSummary) -> list[Plan]:
+        """Run ``fn(tx, counts)`` in one write transaction and fold its counts into
+        ``summary`` (after the commit: a retried transaction never counts twice)."""
+        from .batch import BatchCounts
 
         counts = BatchCounts()
-        summary.merge(self._store.run_write(lambda tx: apply_chunk(tx, self.rules, self._cache, chunk, counts)))
+        summary.merge(self._store.run_write(lambda tx: fn(tx, counts)))
         summary.new_ids += counts.new_ids
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched

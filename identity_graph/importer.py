@@ -304,7 +304,7 @@ def _chunked(
 
 class Unit(NamedTuple):
     """A piece of the input one worker parses: a whole source, or (``end`` set) the lines
-    of a plain JSON-lines file that start in its bytes ``start`` to ``end``."""
+    of a plain JSON-lines file in its bytes ``start`` to ``end`` (both at line starts)."""
 
     source: Source
     start: int = 0
@@ -324,11 +324,10 @@ def plan_units(expanded: list[Source], batch_size: int, workers: int) -> list[Un
         # A little under a batch, so that a range rarely spills a few events into a chunk of their own.
         step = max(1 << 12, int(batch_size * per_event * 0.95))
         small = max(1 << 12, int(SMALL_CHUNK * per_event))
-        units.extend(
-            Unit(source, a, b)
-            for a, b in _ranges(source.size or 0, step, small if not units else None,
-                                small if n == len(expanded) - 1 else None)
-        )
+        cuts = _ranges(source.size or 0, step, small if not units else None, small if n == len(expanded) - 1 else None)
+        # Each cut moves to the next line start, once, here: both workers need every range.
+        starts = [line_start(source.path, a) for a, _ in cuts] + [source.size or 0]
+        units.extend(Unit(source, a, b) for a, b in zip(starts, starts[1:]))
     return units
 
 
@@ -451,28 +450,31 @@ def _worker_main(
                             put(("chunk", chunk))
                         put(("unit", None))
                     continue
-                path = unit.source.path
+                path, start, end = unit.source.path, unit.start, unit.end
                 try:
-                    start, end = line_start(path, unit.start), line_start(path, unit.end)
                     line = first_line.get(path, 1)
                     lines = count_lines(path, start, end)
                     first_line[path] = line + lines
                 except OSError as exc:
                     raise SourceError(f"{path}: cannot read ({exc})") from None
                 if ours:
-                    consumed = [0]
                     # The file's last range reads to its end (its last line may have no line end).
-                    lines_read = None if end >= (unit.source.size or 0) else lines
-                    for chunk, issues, _ in _chunked(read_range(unit.source, start, lines_read, line), consumed,
-                                                     chunk_size, rules, strict, None, None):
-                        put(("chunk", (chunk, issues, 0)))
-                    put(("chunk", (Chunk(), [], end - start)))  # the range's bytes, for progress
+                    items = read_range(unit.source, start, None if end >= (unit.source.size or 0) else lines, line)
+                    pending = None
+                    for chunk in _chunked(items, [0], chunk_size, rules, strict, None, None):
+                        if pending is not None:
+                            put(("chunk", pending))
+                        pending = chunk
+                    # _chunked always yields a last chunk: it carries the range's bytes, for progress.
+                    put(("chunk", (pending[0], pending[1], end - start)))  # type: ignore[index]
                     put(("unit", None))
         put(("done", None))
     except SourceError as exc:
         put(("error", str(exc)))
     except KeyboardInterrupt:
-        pass  # the writer stopped us (strict stop, error or kill): nothing to do
+        # Ctrl-C reaches the workers too; the writer, which got it as well, reports it.
+        # (A strict stop or an error ends a worker by terminate() or a closed pipe instead.)
+        pass
     finally:
         put(None)
         thread.join()

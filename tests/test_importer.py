@@ -559,15 +559,22 @@ def test_the_parse_worker_gives_the_same_graph_and_summary(make_graph: Callable[
     assert dict(graph.identities()) == expected_map
 
 
-def test_the_parse_worker_stops_at_the_first_invalid_event_when_strict(graph: IdentityGraph, tmp_path: Path) -> None:
-    history = _collision_history(500, 6)
-    path = _write(tmp_path, "h.jsonl", jsonl(history[:300]) + b'{"type": "identify"}\n' + jsonl(history[300:]))
+@pytest.mark.parametrize("events, bad_after, batch_size", [(500, 300, 64), (3000, 2222, 100)])
+def test_the_parse_workers_stop_at_the_first_invalid_event_when_strict(
+    graph: IdentityGraph, tmp_path: Path, events: int, bad_after: int, batch_size: int
+) -> None:
+    # The file is cut into byte ranges that the two workers parse in turn: the stop is at
+    # the first invalid line whichever range it falls in.
+    history = _collision_history(events, 6)
+    path = _write(tmp_path, "h.jsonl",
+                  jsonl(history[:bad_after]) + b'{"type": "identify"}\n' + jsonl(history[bad_after:]))
     with pytest.raises(StrictImportStopped) as stop:
-        import_events(graph, [path], batch_size=64, strict=True, parallel=True)
-    assert str(stop.value) == f"{path}:301: userId: the event has neither a userId nor an anonymousId"
-    assert stop.value.summary.events == 301
+        import_events(graph, [path], batch_size=batch_size, strict=True, parallel=True)
+    line = bad_after + 1
+    assert str(stop.value) == f"{path}:{line}: userId: the event has neither a userId nor an anonymousId"
+    assert stop.value.summary.events == line
     with IdentityGraph("sqlite://") as reference:
-        reference.ingest_many(history[:300])
+        reference.ingest_many(history[:bad_after])
         assert dict(graph.identities()) == dict(reference.identities())
 
 
@@ -679,19 +686,3 @@ def test_two_parse_workers_over_mixed_files_give_the_one_reader_graph_and_issues
         stored = sorted((l.message_id, l.source, l.target, l.outcome, l.reason) for l in one._store.all_links())
     assert sorted((l.message_id, l.source, l.target, l.outcome, l.reason) for l in graph._store.all_links()) == stored
 
-
-def test_two_parse_workers_stop_at_the_first_invalid_line_in_any_range(
-    graph: IdentityGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import identity_graph.importer as importer
-
-    monkeypatch.setattr(importer, "PARSE_WORKERS", 2)
-    history = _collision_history(3000, 12)
-    path = _write(tmp_path, "h.jsonl", jsonl(history[:2222]) + b'{"type": "identify"}\n' + jsonl(history[2222:]))
-    with pytest.raises(StrictImportStopped) as stop:
-        import_events(graph, [path], batch_size=100, strict=True, parallel=True)
-    assert str(stop.value) == f"{path}:2223: userId: the event has neither a userId nor an anonymousId"
-    assert stop.value.summary.events == 2223
-    with IdentityGraph("sqlite://") as reference:
-        reference.ingest_many(history[:2222])
-        assert dict(graph.identities()) == dict(reference.identities())
