@@ -25,7 +25,7 @@ import orjson
 from .batch import gc_paused
 from .chunk import Chunk, ChunkBuilder
 from .errors import IdentityGraphError, InvalidEvent
-from .events import Event, datetime_to_time, parse_event
+from .events import Event, datetime_to_time, event_from_line, parse_event
 from .graph import IdentityGraph
 from .rules import MergeRules
 from .readers import (
@@ -245,7 +245,7 @@ def _parse(
     def count(n: int) -> None:
         consumed[0] += n
 
-    items = (item for source in expanded for item in read_source(source, count))
+    items = (item for source in expanded for item in read_source(source, count, event_from_line))
     sizes = [source.size for source in expanded]
     remaining = None if small is None or None in sizes else sum(sizes)  # type: ignore[arg-type]
     yield from _chunked(items, consumed, chunk_size, rules, strict, small, remaining)
@@ -459,7 +459,9 @@ def _worker_main(
                     raise SourceError(f"{path}: cannot read ({exc})") from None
                 if ours:
                     # The file's last range reads to its end (its last line may have no line end).
-                    items = read_range(unit.source, start, None if end >= (unit.source.size or 0) else lines, line)
+                    items = read_range(
+                        unit.source, start, None if end >= (unit.source.size or 0) else lines, line, event_from_line
+                    )
                     pending = None
                     for chunk in _chunked(items, [0], chunk_size, rules, strict, None, None):
                         if pending is not None:
@@ -482,6 +484,8 @@ def _worker_main(
 
 
 def _validate(item: Item, now: int) -> Event | ImportIssue:
+    if type(item.value) is Event:  # validated by the reader's fast path (event_from_line)
+        return item.value  # type: ignore[return-value]
     if item.error is not None:
         return ImportIssue(item.location, item.error, raw_text(item))
     try:
