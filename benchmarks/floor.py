@@ -6,8 +6,12 @@ Independent of ``identity_graph`` (it imports nothing from it): a second, minima
 implementation of the README's rules, used by ``bench_import.py`` both as the speed floor
 of ``identity-graph import`` and as a cross-check of its result.
 
-1. Read the file line by line, ``orjson.loads`` each line; validate what the engine
-   validates (so invalid events are skipped the same way; none in generated histories).
+1. Read the file line by line and decode each with msgspec into a struct of only the
+   fields the rules read (the fastest parse we found: it never builds the ~1 KB of
+   context; ``orjson.loads`` of the whole event is ~2.5x slower); an event without a
+   messageId is decoded whole by orjson, since its derived messageId hashes all of it.
+   Validate what the engine validates (so invalid events are skipped the same way; none
+   in generated histories).
 2. Keep one small tuple per valid event, the first of each messageId in file order
    (rule 9): ``(time, messageId, userId, anonymousId, previousId)`` with blocked values
    (rule 2) already dropped; events whose IDs are all blocked keep only their messageId.
@@ -36,7 +40,9 @@ import sqlite3
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import msgspec
 import orjson
 
 BLOCKED = frozenset({"null", "undefined", "none", "nan", "0", "-1", "anonymous", "[object object]"})
@@ -47,6 +53,22 @@ TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 _FRACTION = re.compile(r"(\d{2}:\d{2}:\d{2})[.,](\d+)")
+
+
+class Fields(msgspec.Struct):
+    """The fields the rules read; ``Any``: the checks below are the engine's, in Python."""
+
+    type: Any = None
+    userId: Any = None
+    anonymousId: Any = None
+    previousId: Any = None
+    messageId: Any = None
+    timestamp: Any = None
+    originalTimestamp: Any = None
+    receivedAt: Any = None
+    sentAt: Any = None
+    event: Any = None
+    groupId: Any = None
 
 
 class Invalid(Exception):
@@ -96,7 +118,7 @@ def _unblocked(value: str | None) -> str | None:
 
 def collect(paths: list[str]) -> tuple[list[tuple], int, int, int]:
     """(records, events read, invalid, duplicates). One record per first-seen messageId."""
-    loads = orjson.loads
+    decode = msgspec.json.Decoder(Fields).decode
     seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds (fast path)
     seen: set[str] = set()
     records: list[tuple] = []
@@ -106,29 +128,28 @@ def collect(paths: list[str]) -> tuple[list[tuple], int, int, int]:
     for line in _lines(paths):
         n += 1
         try:
-            ev = loads(line)
-            if type(ev) is not dict:
-                raise Invalid
-            type_ = ev.get("type")
+            ev = decode(line)
+            if not line.isascii():
+                line.decode()  # UTF-8, also in the fields msgspec skips
+            type_ = ev.type
             if type(type_) is not str or type_ not in TYPES:
                 raise Invalid
-            user = _id(ev.get("userId"))
-            anon = _id(ev.get("anonymousId"))
+            user = _id(ev.userId)
+            anon = _id(ev.anonymousId)
             prev = None
             if type_ == "alias":
-                prev = _id(ev.get("previousId"))
+                prev = _id(ev.previousId)
                 if prev is None or user is None:
                     raise Invalid
             elif user is None and anon is None:
                 raise Invalid
             elif type_ == "track":
-                if type(ev.get("event")) is not str:
+                if type(ev.event) is not str:
                     raise Invalid
-            elif type_ == "group" and ev.get("groupId") is None:
+            elif type_ == "group" and ev.groupId is None:
                 raise Invalid
             t = None
-            for field in TIME_FIELDS:
-                value = ev.get(field)
+            for value in (ev.timestamp, ev.originalTimestamp, ev.receivedAt, ev.sentAt):
                 if value is not None:
                     # Fast path for the exporter's "2026-01-01T00:00:00.000Z".
                     if (type(value) is str and len(value) == 24 and value[23] == "Z" and value[19] == "."
@@ -142,13 +163,13 @@ def collect(paths: list[str]) -> tuple[list[tuple], int, int, int]:
                     break
             if t is None:
                 t = now
-            mid = ev.get("messageId")
+            mid = ev.messageId
             if mid is None:
-                body = orjson.dumps(ev, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+                body = orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
                 mid = "sha256:" + hashlib.sha256(body).hexdigest()[:32]
             elif type(mid) is not str or not mid or len(mid) > 1024:
                 raise Invalid
-        except (Invalid, orjson.JSONDecodeError):
+        except (Invalid, orjson.JSONDecodeError, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             invalid += 1
             continue
         if mid in seen:
