@@ -8,7 +8,7 @@ ratio of its time to the floor's:
 
 * ``import sqlite``  -- ``identity-graph --db sqlite:///<fresh file> import FILE --quiet``;
 * ``import pg``      -- the same into a fresh PostgreSQL schema (``--skip-pg`` skips it);
-* ``floor``          -- ``floor.py``: read, ``orjson.loads``, sort by event time, dict
+* ``floor``          -- ``floor.py``: read, msgspec decode of the rules' fields, sort by event time, dict
   union-find applying every rule, one SQLite transaction writing the map and the links.
   Its map must equal the engine's ``dict(IdentityGraph(url).identities())`` (checked);
 * ``networkx + ORM`` -- ``naive_networkx.py``: what users write today (no rules beyond
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         # -- the floor first: every ratio is against it ------------------------------------
         floor_db = os.path.join(tmp, "floor.db")
         floor = best_of(args.repeat, lambda: run_process(
-            "floor (orjson+sort+union-find+sqlite3)", [sys.executable, os.path.join(HERE, "floor.py"), path, floor_db], n))
+            "floor (msgspec+sort+union-find+sqlite3)", [sys.executable, os.path.join(HERE, "floor.py"), path, floor_db], n))
         floor.extra.update(json.loads(floor.stdout))
         print(line(floor, floor.seconds))
         print(f"      {floor.extra}")
