@@ -28,6 +28,7 @@ from .rules import MergeRules
 
 _new = tuple.__new__
 _KEY = itemgetter(0)
+_DIGESTS_KEPT = 1 << 16
 
 
 @dataclass
@@ -111,8 +112,15 @@ class ChunkBuilder:
 
     def __init__(self, rules: MergeRules) -> None:
         self._blocked = rules.blocked_values
+        # An ID longer than every blocked value cannot be one (case folding never
+        # shortens a string): then only "all whitespace" is left to ask, without the two
+        # new strings strip() and casefold() make. Most IDs are UUIDs.
+        self._longest = max(map(len, self._blocked), default=0)
         self._chunk = Chunk()
         self._seen: dict[str, tuple[str, int, str, int]] = {}  # messageId -> its register row
+        # (userId, anonymousId, previousId) -> event_digest: a device sends many events
+        # with the same IDs. Cleared when large; the digest is a pure function of them.
+        self._digests: dict[tuple[Any, Any, Any], int] = {}
 
     def __len__(self) -> int:
         return len(self._chunk)
@@ -128,11 +136,18 @@ class ChunkBuilder:
             chunk.repeats.append((fields, origin))
             chunk.held[mid] = first
             return
-        digest = event_digest(event)
+        ids = (user, anon, prev)
+        digest = self._digests.get(ids)
+        if digest is None:
+            if len(self._digests) >= _DIGESTS_KEPT:
+                self._digests.clear()
+            digest = self._digests[ids] = event_digest(event)
         self._seen[mid] = row = (mid, time, type_, digest)
         chunk.register.append(row)
-        blocked = self._blocked
-        if user is not None and user.strip() and user.casefold() not in blocked:
+        blocked, longest = self._blocked, self._longest
+        if user is not None and (
+            (len(user) > longest and not user.isspace()) or (user.strip() and user.casefold() not in blocked)
+        ):
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
@@ -140,7 +155,9 @@ class ChunkBuilder:
         lone = chunk.lone
         found = False
         for value in (prev, anon):
-            if value is not None and value.strip() and value.casefold() not in blocked:
+            if value is not None and (
+                (len(value) > longest and not value.isspace()) or (value.strip() and value.casefold() not in blocked)
+            ):
                 found = True
                 if time < lone.get(value, time + 1):
                     lone[value] = time

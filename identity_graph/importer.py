@@ -262,14 +262,17 @@ def _chunked(
     size = min(chunk_size, small or chunk_size)
     now = datetime_to_time(datetime.now(timezone.utc))
     taken = 0
+    add = builder.add
     for item in items:
-        event = _validate(item, now)
+        event = item[3]  # .value: an Event already when the reader's fast path validated it
+        if type(event) is not Event:
+            event = _validate(item, now)
         if type(event) is ImportIssue:
             issues.append(event)  # type: ignore[arg-type]
             if not strict:
                 continue
         else:
-            builder.add(event, (item.source, item.line, item.index))  # type: ignore[arg-type]
+            add(event, item[:3])  # (source, line, index): where it came from
             taken += 1
             if taken < size:
                 continue

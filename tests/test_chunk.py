@@ -236,3 +236,29 @@ def test_a_parse_worker_sends_small_chunks_at_both_ends(tmp_path: Path) -> None:
     tail = sizes[sizes.index(4000):]
     assert tail == sorted(tail, reverse=True) and tail[-1] < 1000 and len(tail) - tail.count(4000) <= 6
     assert [len(c) for c, _, _ in _parse(sources, 4000, MergeRules())] == [4000] * 5 + [0]
+
+
+def test_blocked_check_short_cut_matches_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ChunkBuilder asks only "all whitespace?" of an ID longer than every blocked value:
+    it must sort every ID as MergeRules.is_blocked does, and its remembered digests must
+    be event_digest's."""
+    import identity_graph.chunk as chunk_module
+    from identity_graph.batch import event_digest
+    from identity_graph.events import Event
+
+    monkeypatch.setattr(chunk_module, "_DIGESTS_KEPT", 2)  # cleared often
+    rules = MergeRules(blocked_values=frozenset({"Guest-User-0000", "n/a"}))
+    values = ["guest-user-0000", "GUEST-USER-0000", " " * 40, "\t\u3000" * 10, "", "n/A", "N/A ", "x",
+              "guest-user-00000", "real-user-id-0123456789", "\u00df" * 8, "STRASSE-STRASSE-1"]
+    b = ChunkBuilder(rules)
+    for n, v in enumerate(values):
+        b.add(Event("identify", f"u{n}", n, v, "anon"), None)
+        b.add(Event("page", f"a{n}", n, None, v), None)
+    c = b.take()
+    planned = {row[0][3] for row in c.planned}
+    assert planned == {v for v in values if not rules.is_blocked(v)}
+    # The pages' IDs, and "anon" of the identify events whose userId is blocked.
+    assert set(c.lone) == {v for v in values if not rules.is_blocked(v)} | {"anon"}
+    by_mid = {row[0]: row[3] for row in c.register}
+    for fields, _, digest in c.planned:
+        assert digest == by_mid[fields[1]] == event_digest(Event(*fields))
