@@ -75,12 +75,14 @@ def ingest(ctx: click.Context, path: str, verbose: bool) -> None:
         except OSError as exc:
             raise click.ClickException(f"{path}: cannot read ({exc.strerror})") from None
         ctx.call_on_close(file.close)
+    from .events import event_from_line
     from .readers import decode_line
 
     graph = _open(ctx)
     counts = {"applied": 0, "duplicate": 0, "blocked": 0, "invalid": 0}
-    # Line by line as it arrives (tail -f), decoded as `import` decodes JSON lines.
-    items = (item for number, line in enumerate(file, 1) for item in decode_line(path, number, line))
+    # Line by line as it arrives (tail -f), decoded as `import` decodes JSON lines (its
+    # fast path included: both must take and refuse the same lines).
+    items = (item for number, line in enumerate(file, 1) for item in decode_line(path, number, line, event_from_line))
     for item in items:
         where = item.location
         if item.error is not None:

@@ -83,19 +83,21 @@ class IdentityGraph:
 
     # -- writing -----------------------------------------------------------------------
 
-    def ingest(self, event: Mapping[str, Any]) -> IngestResult:
+    def ingest(self, event: Mapping[str, Any] | Event) -> IngestResult:
         """Ingest one Segment event (a dict as the JSON spec has it) and say what happened.
 
-        Raises :class:`InvalidEvent` (and changes nothing) when the event is invalid.
+        Raises :class:`InvalidEvent` (and changes nothing) when the event is invalid. An
+        :class:`~identity_graph.events.Event` (what ``parse_event`` or ``event_from_line``
+        made) is taken as already validated.
 
         >>> with IdentityGraph("sqlite://") as g:
         ...     g.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"})
         IngestResult(message_id='m1', status='applied', links=(LinkResult(source='a1', target='u1', kind='implicit', outcome='merged', reason=None),), replayed=False)
         """
         from .batch import apply_plans, plan_event
-        from .events import parse_event
+        from .events import Event, parse_event
 
-        plan = plan_event(parse_event(event), self.rules)
+        plan = plan_event(event if type(event) is Event else parse_event(event), self.rules)  # type: ignore[arg-type]
         return self._store.run_write(lambda tx: apply_plans(tx, self.rules, self._cache, [plan]))[0]
 
     def ingest_many(
