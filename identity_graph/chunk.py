@@ -125,9 +125,14 @@ class ChunkBuilder:
     def __len__(self) -> int:
         return len(self._chunk)
 
+    def _kept(self, value: str) -> bool:
+        """``not MergeRules.is_blocked(value)``, asking a long ID only "all whitespace?"."""
+        if len(value) > self._longest:
+            return not value.isspace()
+        return bool(value.strip()) and value.casefold() not in self._blocked
+
     def add(self, event: Event, origin: Any) -> None:
-        # Written out (fields unpacked once, MergeRules.is_blocked inlined): it runs for
-        # every event of an import.
+        # Written out (fields unpacked once): it runs for every event of an import.
         fields = tuple(event)
         type_, mid, time, user, anon, prev = fields
         chunk = self._chunk
@@ -144,10 +149,8 @@ class ChunkBuilder:
             digest = self._digests[ids] = event_digest(event)
         self._seen[mid] = row = (mid, time, type_, digest)
         chunk.register.append(row)
-        blocked, longest = self._blocked, self._longest
-        if user is not None and (
-            (len(user) > longest and not user.isspace()) or (user.strip() and user.casefold() not in blocked)
-        ):
+        kept = self._kept
+        if user is not None and kept(user):
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
@@ -155,9 +158,7 @@ class ChunkBuilder:
         lone = chunk.lone
         found = False
         for value in (prev, anon):
-            if value is not None and (
-                (len(value) > longest and not value.isspace()) or (value.strip() and value.casefold() not in blocked)
-            ):
+            if value is not None and kept(value):
                 found = True
                 if time < lone.get(value, time + 1):
                     lone[value] = time

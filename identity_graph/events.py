@@ -308,10 +308,9 @@ def event_from_line(line: bytes) -> Event | None:
         except UnicodeDecodeError:
             return None
     user, anon, prev = w.userId, w.anonymousId, w.previousId
-    if (type(user) is int and not _INT_MIN <= user <= _INT_MAX) or (
-        type(anon) is int and not _INT_MIN <= anon <= _INT_MAX) or (
-            type(prev) is int and not _INT_MIN <= prev <= _INT_MAX):
-        return None
+    for value in (user, anon, prev):
+        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+            return None
     try:
         return _validated(w.type, user, anon, prev, w.event, w.groupId, w.timestamp, w.originalTimestamp,
                           w.receivedAt, w.sentAt, w.messageId, None, None)
