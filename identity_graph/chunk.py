@@ -45,7 +45,8 @@ class Chunk:
     ``blocked_events`` count those with IDs and with none left (rule 2); ``others``: their
     (event fields, origin), for the fall-back; ``repeats``: (event fields, origin) of the
     events re-using a messageId of the chunk, and ``held``: the register row of the first
-    event of each such messageId.
+    event of each such messageId. ``line_offset``: what to add to every origin's line (a
+    parse worker numbers the lines of a file's byte range from 1; see the importer).
     """
 
     register: list[tuple[str, int, str, int]] = field(default_factory=list)
@@ -56,6 +57,7 @@ class Chunk:
     others: list[tuple[tuple[Any, ...], Any]] | bytes = field(default_factory=list)
     repeats: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
     held: dict[str, tuple[str, int, str, int]] = field(default_factory=dict)
+    line_offset: int = 0
 
     def __len__(self) -> int:
         return len(self.register) + len(self.repeats)

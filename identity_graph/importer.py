@@ -29,8 +29,7 @@ from .events import Event, datetime_to_time, event_from_line, parse_event
 from .graph import IdentityGraph
 from .rules import MergeRules
 from .readers import (
-    Item, Location, Source, SourceError, count_lines, expand_sources, line_start, raw_text, read_range, read_source,
-    splittable,
+    Item, Location, Source, SourceError, expand_sources, line_start, raw_text, read_range, read_source, splittable,
 )
 from .results import CONFLICT_REASON, IngestSummary
 
@@ -298,8 +297,10 @@ def _chunked(
 # or byte ranges of a plain JSON-lines file (about a batch each). With two workers,
 # worker 0 parses units 0, 2, 4... and worker 1 units 1, 3, 5..., and this process takes
 # their chunks unit by unit, in input order: the graph is the one a single reader would
-# make (rule 9's "first wins" follows the input). A worker counts the line ends of the
-# other's ranges of a file (~0.1 s a GB), so every line number is the file's own. Chunks
+# make (rule 9's "first wins" follows the input). A worker reads its own ranges only and
+# numbers their lines from 1; with each range's last chunk it sends the range's number of
+# lines, and this process, which takes the ranges in order, adds the lines of the ranges
+# before (``Chunk.line_offset``), so every line reported is the file's own. Chunks
 # cross pipes pickled; a worker waits on its pipe until this process takes its chunk, so
 # memory stays flat. Workers are spawned, not forked: they must not inherit this
 # process's open database connections.
@@ -384,8 +385,11 @@ def _parse_in_worker(
             sender.close()
             receivers.append(receiver)
             processes.append(process)
-        for n in range(len(units)):
+        lines_before: dict[str, int] = {}  # a file's lines in the ranges taken so far
+        for n, unit in enumerate(units):
             receiver, process = receivers[n % workers], processes[n % workers]
+            path = unit.source.path
+            offset = 0 if unit.end is None else lines_before.get(path, 0)
             while True:
                 try:
                     kind, payload = receiver.recv()
@@ -396,10 +400,12 @@ def _parse_in_worker(
                         "run the import again without the worker (parallel=False) to see why"
                     ) from None
                 if kind == "chunk":
-                    yield payload
+                    yield _shifted(payload, offset) if offset else payload
                 elif kind == "error":
                     raise SourceError(payload)
-                else:  # the end of this unit
+                else:  # the end of this unit; a range's own number of lines
+                    if unit.end is not None:
+                        lines_before[path] = offset + payload
                     break
     finally:
         for receiver in receivers:
@@ -441,38 +447,29 @@ def _worker_main(
     put = outbox.put
     try:
         with gc_paused():
-            first_line: dict[str, int] = {}  # file -> line number of its next range's first line
-            for n, unit in enumerate(units):
+            for unit in units[mine::workers]:
                 if gone.is_set():
                     break
-                ours = n % workers == mine
                 if unit.end is None:
-                    if ours:
-                        small = SMALL_CHUNK if workers == 1 else None
-                        for chunk in _parse([unit.source], chunk_size, rules, strict, small=small):
-                            put(("chunk", chunk))
-                        put(("unit", None))
-                    continue
-                path, start, end = unit.source.path, unit.start, unit.end
-                try:
-                    line = first_line.get(path, 1)
-                    lines = count_lines(path, start, end)
-                    first_line[path] = line + lines
-                except OSError as exc:
-                    raise SourceError(f"{path}: cannot read ({exc})") from None
-                if ours:
-                    # The file's last range reads to its end (its last line may have no line end).
-                    items = read_range(
-                        unit.source, start, None if end >= (unit.source.size or 0) else lines, line, event_from_line
-                    )
-                    pending = None
-                    for chunk in _chunked(items, [0], chunk_size, rules, strict, None, None):
-                        if pending is not None:
-                            put(("chunk", pending))
-                        pending = chunk
-                    # _chunked always yields a last chunk: it carries the range's bytes, for progress.
-                    put(("chunk", (pending[0], pending[1], end - start)))  # type: ignore[index]
+                    small = SMALL_CHUNK if workers == 1 else None
+                    for chunk in _parse([unit.source], chunk_size, rules, strict, small=small):
+                        put(("chunk", chunk))
                     put(("unit", None))
+                    continue
+                start, end = unit.start, unit.end
+                lines: list[int] = []
+                # The file's last range reads to its end (in case the file grew since it was planned).
+                items = read_range(
+                    unit.source, start, None if end >= (unit.source.size or 0) else end, event_from_line, lines
+                )
+                pending = None
+                for chunk in _chunked(items, [0], chunk_size, rules, strict, None, None):
+                    if pending is not None:
+                        put(("chunk", pending))
+                    pending = chunk
+                # _chunked always yields a last chunk: it carries the range's bytes, for progress.
+                put(("chunk", (pending[0], pending[1], end - start)))  # type: ignore[index]
+                put(("unit", lines[0] if lines else 0))  # none when a strict stop ended the range early
         put(("done", None))
     except SourceError as exc:
         put(("error", str(exc)))
@@ -484,6 +481,23 @@ def _worker_main(
         put(None)
         thread.join()
         sender.close()
+
+
+def _shifted(
+    payload: tuple[Chunk, list[ImportIssue], int], offset: int
+) -> tuple[Chunk, list[ImportIssue], int]:
+    """A worker's chunk of a range whose lines it numbered from 1, with the ``offset`` lines
+    of the file's earlier ranges added: to its issues now, to its events' origins when a
+    conflict is reported (see _flush)."""
+    chunk, issues, consumed = payload
+    chunk.line_offset = offset
+    issues = [ImportIssue(_at(i.location.source, i.location.line, i.location.item, offset), i.reason, i.raw)
+              for i in issues]
+    return chunk, issues, consumed
+
+
+def _at(source: str, line: int | None, item: int | None, offset: int) -> Location:
+    return Location(source, line if line is None else line + offset, item)
 
 
 def _validate(item: Item, now: int) -> Event | ImportIssue:
@@ -505,4 +519,4 @@ def _flush(graph: IdentityGraph, chunk: Chunk, summary: ImportSummary, report: C
         e = plan.event
         raw = orjson.dumps({"messageId": e.message_id, "type": e.type, "timestamp": e.timestamp.isoformat(),
                             "userId": e.user_id, "anonymousId": e.anonymous_id, "previousId": e.previous_id})
-        report(ImportIssue(Location(*plan.origin), f"messageId: {CONFLICT_REASON} ({e.message_id!r})", raw))
+        report(ImportIssue(_at(*plan.origin, chunk.line_offset), f"messageId: {CONFLICT_REASON} ({e.message_id!r})", raw))

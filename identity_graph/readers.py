@@ -16,7 +16,7 @@ import os
 import sys
 import zlib
 from dataclasses import dataclass
-from itertools import islice
+from itertools import count
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -285,33 +285,48 @@ def line_start(path: str, offset: int) -> int:
     return position
 
 
-def count_lines(path: str, start: int, end: int) -> int:
-    """Line ends in bytes ``start`` to ``end`` of a file (read in pieces: memory stays flat)."""
-    total = 0
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0 and (piece := f.read(min(left, 8 << 20))):
-            total += piece.count(b"\n")
-            left -= len(piece)
-    return total
+class _Bounded(io.RawIOBase):
+    """The next ``left`` bytes of an open file, as a raw stream of their own."""
+
+    def __init__(self, raw: IO[bytes], left: int) -> None:
+        self._raw, self._left = raw, left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        n = self._raw.readinto(memoryview(buffer)[: min(len(buffer), self._left)]) or 0  # type: ignore[attr-defined]
+        self._left -= n
+        return n
 
 
 def read_range(
-    source: Source, start: int, lines: int | None, first_line: int, decode: Callable[[bytes], Any] | None = None
+    source: Source, start: int, end: int | None, decode: Callable[[bytes], Any] | None = None,
+    lines_read: list[int] | None = None,
 ) -> Iterator[Item]:
-    """The events of ``lines`` lines (None: all the rest) of a JSON-lines file, from byte
-    ``start`` (a line start, see :func:`line_start`); the first is line ``first_line``.
+    """The events of bytes ``start`` to ``end`` (None: the end of the file) of a JSON-lines
+    file, ``start`` a line start (see :func:`line_start`). Lines are numbered from 1 at
+    ``start``: the caller, who knows how many lines came before, adds them. ``lines_read``
+    gets the range's number of lines appended once it is read whole.
 
-    The caller counts the lines (:func:`count_lines`): a count lets the file be read by
-    C-level iteration alone, with no Python step per line to watch the range's end.
+    A parse worker reads its own ranges and nothing else: it needs no count of the lines
+    before them, which would mean reading every other range as well. The range is read
+    through a buffer that stops at ``end``, so its lines are split by C-level iteration
+    alone, with no Python step per line to watch for the end.
     """
     name = source.path
     try:
-        with open(name, "rb") as f:
-            f.seek(start)
-            numbered = enumerate(f, first_line)
-            yield from _decode_lines(name, numbered if lines is None else islice(numbered, lines), decode)
+        with open(name, "rb", buffering=0) as file:
+            file.seek(start)
+            raw: Any = file if end is None else _Bounded(file, end - start)
+            stream = io.BufferedReader(raw, 1 << 20)
+            numbers = count(1)
+            yield from _decode_lines(name, zip(numbers, stream), decode)
+            if lines_read is not None:
+                # zip draws a number before it finds the lines at their end: the next is lines + 2.
+                lines_read.append(next(numbers) - 2)
     except OSError as exc:
         raise SourceError(f"{name}: cannot read ({exc})") from None
 

@@ -19,6 +19,7 @@ from helpers import P, alias, ev, identify, profiles
 from identity_graph import IdentityGraph, MergeRules
 from identity_graph.importer import ImportIssue, StrictImportStopped, import_events
 from identity_graph.readers import SourceError, expand_sources
+from identity_graph.results import CONFLICT_REASON
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -557,6 +558,25 @@ def test_the_parse_worker_gives_the_same_graph_and_summary(make_graph: Callable[
     assert counts(summary) == counts(expected)
     assert [str(i) for i in summary.issues] == [str(i) for i in expected.issues] == [f"{path}:1501: " + expected.issues[0].reason]
     assert dict(graph.identities()) == expected_map
+
+
+def test_the_parse_workers_report_a_conflict_in_a_later_range_at_the_files_own_line(
+    graph: IdentityGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each worker numbers its ranges' lines from 1; the writer adds the lines of the ranges
+    # before, to invalid lines and to conflicts found only when their batch is applied.
+    import identity_graph.importer as importer
+
+    monkeypatch.setattr(importer, "SMALL_CHUNK", 50)  # the file's first and last ranges: this file is small
+    history = _collision_history(3000, 12)
+    clash = dict(history[0], userId="someone-else")  # messageId m00000 again, other content
+    path = _write(tmp_path, "h.jsonl", jsonl(history[:2600]) + jsonl([clash]) + b"not json\n" + jsonl(history[2600:]))
+    assert len(importer.plan_units(expand_sources([path]), 100, 2)) > 20
+    summary = import_events(graph, [path], batch_size=100, parallel=True)
+    assert [str(i) for i in summary.issues] == [
+        f"{path}:2602: invalid JSON (invalid literal, expected 'null': line 1 column 1 (char 0))",
+        f"{path}:2601: messageId: {CONFLICT_REASON} ('m00000')",
+    ]
 
 
 @pytest.mark.parametrize("events, bad_after, batch_size", [(500, 300, 64), (3000, 2222, 100)])

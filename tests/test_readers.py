@@ -329,10 +329,10 @@ def test_json_lines_whose_first_two_lines_are_broken_still_yield_the_valid_lines
 # -- byte ranges of a JSON-lines file (two parse workers) -------------------------------
 
 
-def test_reading_a_file_in_ranges_gives_the_same_items_with_the_files_line_numbers(tmp_path: Path) -> None:
+def test_reading_a_file_in_ranges_gives_the_same_items_with_lines_numbered_from_each_range(tmp_path: Path) -> None:
     import random
 
-    from identity_graph.readers import count_lines, line_start, read_range, splittable
+    from identity_graph.readers import line_start, read_range, splittable
 
     lines = [b"\xef\xbb\xbf" + orjson.dumps(E1), b"", orjson.dumps(E2) + b"\r", b"{broken",
              orjson.dumps({"batch": [E1, E3], "context": {"ip": "1.2.3.4"}}), b"   ", orjson.dumps(E3)]
@@ -346,14 +346,17 @@ def test_reading_a_file_in_ranges_gives_the_same_items_with_the_files_line_numbe
     rng = random.Random(5)
     for _ in range(20):
         cuts = sorted({0, len(data), *(rng.randrange(len(data)) for _ in range(rng.randrange(1, 30)))})
-        items, line = [], 1
+        items, before = [], 0
         for a, b in zip(cuts, cuts[1:]):
             start, end = line_start(str(path), a), line_start(str(path), b)
-            lines = count_lines(str(path), start, end)
-            items += [(i.line, i.index, i.value, i.error)
-                      for i in read_range(source, start, None if end == len(data) else lines, line)]
-            line += lines
+            counted: list[int] = []
+            got = list(read_range(source, start, None if end == len(data) else end, None, counted))
+            # Each range counts its own lines from 1; its lines_read is what the next range adds.
+            assert counted == [data.count(b"\n", start, end) + (end == len(data) and start < end)]
+            items += [(i.line + before, i.index, i.value, i.error) for i in got]
+            before += counted[0]
         assert items == whole
+        assert before == len(lines)
 
 
 @pytest.mark.parametrize("content, expected", [
