@@ -469,7 +469,7 @@ def _worker_main(
                     pending = chunk
                 # _chunked always yields a last chunk: it carries the range's bytes, for progress.
                 put(("chunk", (pending[0], pending[1], end - start)))  # type: ignore[index]
-                put(("unit", lines[0] if lines else 0))  # none when a strict stop ended the range early
+                put(("unit", lines[0]))  # _chunked reads the range whole, a strict stop included
         put(("done", None))
     except SourceError as exc:
         put(("error", str(exc)))
