@@ -30,6 +30,7 @@ from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, IngestSummary, LinkResult
 from .rules import UNMERGED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
+from .register import register_key
 from .store import StoredId, WriteTx, same_event
 
 if TYPE_CHECKING:
@@ -173,7 +174,8 @@ def apply_plans(
     suppressed = tx.suppressed()
     if suppressed:
         plans = _without_erased(plans, rules, tx.salt(), suppressed)
-    earlier = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type, p.digest) for p in plans])
+    earlier = tx.claim_message_ids([(p.event.message_id, p.event.time, p.event.type, p.digest,
+                                     register_key(p.event.message_id)) for p in plans])
     return _apply_claimed(tx, rules, cache, plans, repeats, counts, counts_only, earlier, {})
 
 
@@ -223,7 +225,7 @@ def _apply_claimed(
     counts_only: bool,
     earlier: dict[str, tuple[Any, ...]],
     lone: dict[str, int],
-    register: list[tuple[str, int, str, int]] | None = None,
+    register: list[tuple[str, int, str, int, int]] | None = None,
 ) -> list[IngestResult] | IngestSummary:
     """The rest of :func:`apply_plans` once the plans' messageIds are registered:
     ``earlier`` holds the ones registered before (not applied again). ``register``: the
@@ -239,7 +241,7 @@ def _apply_claimed(
         # The event holding each messageId: the stored one, else the batch's first (which
         # a chunk names by its register row even when its plan is packed away).
         holder = (
-            {r[0]: r[1:] for r in register} if register is not None
+            {r[0]: r[1:4] for r in register} if register is not None
             else {p.event.message_id: _row(p) for p in plans}
         )
         holder.update(earlier)

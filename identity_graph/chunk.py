@@ -23,11 +23,12 @@ import orjson
 
 from .batch import Plan, event_digest, plan_event
 from .events import Event
+from .register import register_key
 from .rules import MergeRules
 
 
 _new = tuple.__new__
-_KEY = itemgetter(0)
+_KEY = itemgetter(4)
 _DIGESTS_KEPT = 1 << 16
 
 
@@ -38,8 +39,9 @@ class Chunk:
     Plain tuples only: they cross the pipe from a parse worker several times cheaper than
     named tuples, and the writer turns into :class:`Plan` objects only what it applies.
 
-    ``register``: the (messageId, time, type, digest) row of every event whose messageId
-    is first in the chunk; ``planned``: (event fields, origin, digest) of those that carry a
+    ``register``: the (messageId, time, type, digest, key) row of every event whose
+    messageId is first in the chunk (``key``: its register key, computed here, off the
+    writer); ``planned``: (event fields, origin, digest) of those that carry a
     (non-blocked) userId, so may link or mark it known; ``lone``: ID -> earliest time over
     the others, whose only effect is that their IDs exist; ``lone_events`` and
     ``blocked_events`` count those with IDs and with none left (rule 2); ``others``: their
@@ -49,14 +51,14 @@ class Chunk:
     parse worker numbers the lines of a file's byte range from 1; see the importer).
     """
 
-    register: list[tuple[str, int, str, int]] = field(default_factory=list)
+    register: list[tuple[str, int, str, int, int]] = field(default_factory=list)
     planned: list[tuple[tuple[Any, ...], Any, int]] = field(default_factory=list)
     lone: dict[str, int] = field(default_factory=dict)
     lone_events: int = 0
     blocked_events: int = 0
     others: list[tuple[tuple[Any, ...], Any]] | bytes = field(default_factory=list)
     repeats: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
-    held: dict[str, tuple[str, int, str, int]] = field(default_factory=dict)
+    held: dict[str, tuple[str, int, str, int, int]] = field(default_factory=dict)
     line_offset: int = 0
 
     def __len__(self) -> int:
@@ -119,7 +121,7 @@ class ChunkBuilder:
         # new strings strip() and casefold() make. Most IDs are UUIDs.
         self._longest = max(map(len, self._blocked), default=0)
         self._chunk = Chunk()
-        self._seen: dict[str, tuple[str, int, str, int]] = {}  # messageId -> its register row
+        self._seen: dict[str, tuple[str, int, str, int, int]] = {}  # messageId -> its register row
         # (userId, anonymousId, previousId) -> event_digest: a device sends many events
         # with the same IDs. Cleared when large; the digest is a pure function of them.
         self._digests: dict[tuple[Any, Any, Any], int] = {}
@@ -149,7 +151,7 @@ class ChunkBuilder:
             if len(self._digests) >= _DIGESTS_KEPT:
                 self._digests.clear()
             digest = self._digests[ids] = event_digest(event)
-        self._seen[mid] = row = (mid, time, type_, digest)
+        self._seen[mid] = row = (mid, time, type_, digest, register_key(mid))
         chunk.register.append(row)
         kept = self._kept
         if user is not None and kept(user):

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
+from .register import Register, Row
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,9 @@ class Store:
                 if self.pg:
                     # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
+                # A register made before schema 5 is copied into the keyed layout first (the
+                # copy makes the new table), in this same transaction: all or nothing.
+                Register(conn.connection.cursor(), _Sql(self.pg), self.pg).migrate(lambda: metadata.create_all(conn))
                 metadata.create_all(conn)
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
                 rows = [
@@ -173,6 +177,8 @@ class Store:
                 ]
                 if rows:
                     conn.execute(insert(meta_t), rows)
+                if existing.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+                    conn.execute(meta_t.update().where(meta_t.c.key == "schema_version").values(value=SCHEMA_VERSION))
         except StoreError as exc:
             raise StoreError(f"cannot create the graph's tables in {self.engine.url!r}: {exc.detail}") from None
 
@@ -567,9 +573,8 @@ class ReadTx:
 
     def event_time(self, message_id: str) -> int | None:
         """The event time of a registered messageId, or None when the graph has not seen it."""
-        self.cur.execute(self.sql("SELECT time FROM ig_events WHERE message_id = ?"), (message_id,))
-        row = self.cur.fetchone()
-        return None if row is None else row[0]
+        found = Register(self.cur, self.sql, self.sql.pg).find([message_id]).get(message_id)
+        return None if found is None else found[1]
 
     def members(self, profile_id: int) -> list[str]:
         self.cur.execute(self.sql("SELECT id FROM ig_ids WHERE profile_id = ?"), (profile_id,))
@@ -616,54 +621,17 @@ class WriteTx(ReadTx):
         self._lock["next_profile_id"] = pid + 1
         return pid
 
-    def claim_message_ids(self, rows: list[tuple[str, int, str, int]]) -> dict[str, tuple[Any, ...]]:
-        """Register (message_id, time, type, digest) rows (distinct messageIds).
+    def claim_message_ids(self, rows: list[Row]) -> dict[str, tuple[Any, ...]]:
+        """Register (messageId, time, type, digest, key) rows (distinct messageIds; ``key``
+        is :func:`~identity_graph.register.register_key` of the messageId).
 
         Returns, for each messageId that was registered before, the registered event's
         (time, type, digest), to tell a re-send from a different event re-using the
         messageId (see :func:`same_event`; the first event wins, the caller reports the
-        second). Every other row was new and is registered now. Rule 9 in one pass: the
-        insert skips messageIds already registered. On SQLite a plain executemany is the
-        fast path; only when it inserted fewer rows than given are the others looked up,
-        by the transaction number each row carries.
+        second). Every other row was new and is registered now: rule 9 in one pass.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
-        if self.sql.pg:
-            # COPY into a session-private staging table, then one INSERT ... SELECT: about
-            # half the time of unnest() arrays bound per 5,000 rows, and the look-up of the
-            # earlier rows (rare) is one join instead of IN lists.
-            self.cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS ig_events_in"
-                " (message_id text COLLATE \"C\", time bigint, type text, digest bigint) ON COMMIT DELETE ROWS"
-            )
-            with self.cur.copy("COPY ig_events_in (message_id, time, type, digest) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            self.cur.execute(
-                "INSERT INTO ig_events (message_id, time, type, digest, tx)"
-                " SELECT message_id, time, type, digest, %s FROM ig_events_in ON CONFLICT DO NOTHING",
-                (tx_number,),
-            )
-            if self.cur.rowcount == len(rows):
-                return {}  # the staging rows go at commit (or with a rollback)
-            self.cur.execute(
-                "SELECT e.message_id, e.time, e.type, e.digest FROM ig_events e"
-                " JOIN ig_events_in i ON i.message_id = e.message_id WHERE e.tx <> %s",
-                (tx_number,),
-            )
-            return {r[0]: tuple(r[1:]) for r in self.cur.fetchall()}
-        # The transaction number is ours (an int), so it is written into the statement:
-        # the rows go to executemany as given, without a copy per row.
-        self.cur.executemany(
-            "INSERT INTO ig_events (message_id, time, type, digest, tx)"
-            f" VALUES (?, ?, ?, ?, {int(tx_number)}) ON CONFLICT DO NOTHING",
-            rows,
-        )
-        if self.cur.rowcount == len(rows):
-            return {}
-        earlier = self._select_in("SELECT message_id, time, type, digest FROM ig_events WHERE tx <> ? AND ",
-                                  "message_id", [row[0] for row in rows], prefix=(tx_number,))
-        return {r[0]: tuple(r[1:]) for r in earlier}
+        return Register(self.cur, self.sql, self.sql.pg).claim(rows, tx_number)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -743,7 +711,7 @@ class WriteTx(ReadTx):
         messages = sorted({l.message_id for l in links})
         self.cur.execute(self.sql("DELETE FROM ig_links WHERE source = ? OR target = ?"), (id_, id_))
         self.cur.execute(self.sql("DELETE FROM ig_ids WHERE id = ?"), (id_,))
-        self._many("UPDATE ig_events SET digest = NULL WHERE message_id = ?", [(m,) for m in messages])
+        Register(self.cur, self.sql, self.sql.pg).clear_digests(messages)
         return messages
 
     def suppress(self, digest: str, when: int) -> None:

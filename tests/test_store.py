@@ -68,42 +68,6 @@ def test_new_sqlite_files_have_16k_pages_and_append_only_links_and_register(tmp_
     assert "WITHOUT ROWID" not in ddl["ig_links"] and "WITHOUT ROWID" not in ddl["ig_events"]
 
 
-def test_a_graph_with_the_earlier_layout_works_the_same(tmp_path) -> None:
-    """Files made before session 3 keep 4 KB pages and WITHOUT ROWID links and register."""
-    import sqlite3
-
-    from sqlalchemy import create_engine
-
-    from identity_graph.schema import metadata
-
-    old = tmp_path / "old.db"
-    con = sqlite3.connect(old)
-    con.execute("PRAGMA page_size=4096")
-    con.close()
-    for name in ("ig_links", "ig_events"):
-        metadata.tables[name].dialect_options["sqlite"]["with_rowid"] = False
-    try:
-        metadata.create_all(create_engine(f"sqlite:///{old}"))
-    finally:
-        for name in ("ig_links", "ig_events"):
-            metadata.tables[name].dialect_options["sqlite"]["with_rowid"] = True
-    events = [
-        identify(1, "m1", user="u1", anon="a1"), alias(2, "m2", "jen@example.com", "u1"),
-        identify(3, "m3", user="u2", anon="a1"), identify(0, "m4", anon="a2"),
-    ]
-    states = []
-    for path in (old, tmp_path / "new.db"):
-        with IdentityGraph(f"sqlite:///{path}") as graph:
-            results = [graph.ingest(e).status for e in events + events[:2]]
-            graph.unmerge("m2")
-            with graph._store.engine.connect() as conn:
-                layout = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'ig_events'").scalar()
-            states.append((results, profiles(graph), graph.history("a1"),
-                           sorted((l.message_id, l.outcome) for l in graph._store.all_links())))
-            assert ("WITHOUT ROWID" in layout) is (path == old)
-    assert states[0] == states[1]
-
-
 def test_default_url_is_env_then_local_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("IDENTITY_GRAPH_DB", raising=False)

@@ -1,0 +1,171 @@
+"""The messageId register: keyed by a 64-bit hash, exact when keys collide, and graphs made
+before schema 5 copied into that layout when first opened."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+
+from helpers import alias, ev, identify, profiles
+from identity_graph import IdentityGraph, MergeRules, UnknownEvent
+from identity_graph import batch, chunk, register
+from identity_graph.importer import import_events
+from identity_graph.register import register_key
+
+
+def crowded_key(message_id: str, level: int = 0) -> int:
+    """A register key with 4 values a level: every few messageIds collide, and sequences
+    run many levels deep (level k's keys are 4k..4k+3)."""
+    return zlib.crc32(message_id.encode()) % 4 + 4 * level
+
+
+def crowd(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (register, batch, chunk):
+        monkeypatch.setattr(module, "register_key", crowded_key)
+
+
+@pytest.fixture
+def crowded(monkeypatch: pytest.MonkeyPatch) -> None:
+    crowd(monkeypatch)
+
+
+def history(seed: int = 3) -> list[dict[str, Any]]:
+    """Links, re-sends (same content) and messageIds re-used with other content."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for i in range(160):
+        t, msg = rng.randrange(0, 3000), f"m{i:04d}"
+        pick = rng.random()
+        if pick < 0.5:
+            events.append(identify(t, msg, user=f"u{rng.randrange(25)}", anon=f"d{rng.randrange(40)}"))
+        elif pick < 0.7:
+            events.append(alias(t, msg, f"d{rng.randrange(40)}", f"u{rng.randrange(25)}"))
+        else:
+            events.append(ev("page", t, msg, anonymousId=f"d{rng.randrange(40)}"))
+    resent = [dict(e) for e in rng.sample(events, 25)]
+    reused = [identify(rng.randrange(0, 3000), e["messageId"], user="intruder", anon="x")
+              for e in rng.sample(events, 8)]
+    out = events + resent + reused
+    rng.shuffle(out)
+    return out
+
+
+def outcome(url: str, events: list[dict[str, Any]], tmp_path: Path, bulk: bool) -> tuple[Any, ...]:
+    """Everything the register decides: per-event statuses (or the import's counts), the
+    graph, the links, and what a second delivery of everything says."""
+    rules = MergeRules(max_profile_ids=6)
+    with IdentityGraph(url, rules=rules) as g:
+        if bulk:
+            path = tmp_path / "h.jsonl"
+            path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+            first = import_events(g, [path], batch_size=17).to_dict()
+            again = import_events(g, [path], batch_size=17).to_dict()
+            decided = tuple({k: d[k] for k in ("applied", "duplicates", "conflicts")} for d in (first, again))
+        else:
+            decided = tuple(tuple(g.ingest(e).status for e in events) for _ in range(2))
+        links = {(l.source, l.target, l.message_id, l.outcome, l.reason) for l in g._store.all_links()}
+        g.delete("u3")  # clears the digests of the events that named it: found by their keys
+        with g._store._connect() as conn:
+            cleared = sorted(r[0] for r in conn.exec_driver_sql("SELECT message_id FROM ig_events WHERE digest IS NULL"))
+        return decided, profiles(g), links, g.stats().events, cleared
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["ingest", "import"])
+def test_colliding_keys_change_no_decision(graph_url: str, tmp_path: Path, bulk: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    events = history()
+    expected = outcome(f"sqlite:///{tmp_path / 'plain.db'}", events, tmp_path, bulk)
+    crowd(monkeypatch)
+    got = outcome(graph_url, events, tmp_path, bulk)
+    assert got == expected
+    assert expected[3] == 160  # one register row per distinct messageId
+    assert len(expected[4]) > 2
+    if bulk:
+        assert expected[0][1]["applied"] == 0 and expected[0][0]["conflicts"] > 0
+
+
+def test_a_messageId_sharing_a_key_with_a_registered_one_is_not_registered(graph_url: str, crowded: None) -> None:
+    taken = next(m for m in (f"m{i}" for i in range(100)) if crowded_key(m) == crowded_key("m0") and m != "m0")
+    with IdentityGraph(graph_url) as g:
+        g.ingest(identify(1, "m0", user="u1", anon="a1"))
+        g.ingest(identify(2, taken, user="u1", anon="a2"))
+        with g._store._connect() as conn:
+            rows = dict(conn.exec_driver_sql("SELECT message_id, key FROM ig_events").all())
+        assert rows == {"m0": crowded_key("m0"), taken: crowded_key(taken, 1)}
+        g.unmerge(taken)  # found one level down
+        assert g.resolve("a2") == "a2" and g.resolve("a1") == "u1"
+        lonely = next(m for m in (f"z{i}" for i in range(100)) if crowded_key(m) == crowded_key("m0"))
+        with pytest.raises(UnknownEvent, match=lonely):
+            g.unmerge(lonely)  # its first two keys are m0's and the other's, its third free
+
+
+def test_keys_are_stable_and_spread() -> None:
+    keys = {register_key(f"msg-{i}") for i in range(10_000)}
+    assert len(keys) == 10_000
+    assert register_key("msg-1") == register_key("msg-1") != register_key("msg-1", 1)
+    assert register_key("\ud800 lone surrogate") != register_key("\ud801 lone surrogate")
+
+
+# -- graphs made before schema 5 -------------------------------------------------------------
+
+OLD_REGISTER = ("CREATE TABLE ig_events_old (message_id TEXT PRIMARY KEY, time BIGINT NOT NULL,"
+                " type VARCHAR(16) NOT NULL, tx BIGINT NOT NULL, digest BIGINT){layout}")
+
+
+def make_old(url: str, layout: str) -> None:
+    """Turn a new graph's register back into the layout of schema 3 (WITHOUT ROWID) or 4."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(OLD_REGISTER.format(layout=layout)))
+        conn.execute(text("INSERT INTO ig_events_old SELECT message_id, time, type, tx, digest FROM ig_events"))
+        conn.execute(text("DROP TABLE ig_events"))
+        conn.execute(text("ALTER TABLE ig_events_old RENAME TO ig_events"))
+        conn.execute(text("UPDATE ig_meta SET value = '4' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("keys", ["blake2b", "crowded"])
+def test_a_graph_made_before_schema_5_is_copied_into_the_keyed_register(
+    graph_url: str, tmp_path: Path, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(register, "_MIGRATE_BATCH", 7)  # many batches: the copy resumes after each
+    if keys == "crowded":
+        crowd(monkeypatch)
+    check_migration(graph_url, tmp_path, "")
+
+
+def test_a_schema_3_graph_with_4k_pages_is_copied_into_the_keyed_register(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).execute("PRAGMA page_size=4096").connection.close()  # made before session 3
+    check_migration(f"sqlite:///{path}", tmp_path, " WITHOUT ROWID")
+
+
+def check_migration(url_old: str, tmp_path: Path, layout: str) -> None:
+    """The same events into a new graph and into one made old in between: the same answers."""
+    events = history(7)
+    states = []
+    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (url_old, True)):
+        with IdentityGraph(url) as g:
+            first = [g.ingest(e).status for e in events[:100]]
+        if old:
+            make_old(url, layout)
+        with IdentityGraph(url) as g:  # opening it migrates
+            rest = [g.ingest(e).status for e in events]  # the first 100 again: nothing new
+            linked = next(e["messageId"] for e in events[:100] if e["type"] == "alias")
+            g.unmerge(linked)  # found in the copied register
+            with g._store._connect() as conn:
+                columns = list(conn.exec_driver_sql("SELECT * FROM ig_events LIMIT 1").keys())
+                version = conn.exec_driver_sql("SELECT value FROM ig_meta WHERE key = 'schema_version'").scalar()
+                keyed = conn.exec_driver_sql("SELECT count(*) FROM ig_events WHERE key IS NOT NULL").scalar()
+            assert "key" in columns and version == "5"
+            states.append((first, rest, profiles(g), g.stats().events, keyed))
+    assert states[0] == states[1]
+    assert states[0][3] == states[0][4] > 100
+    assert set(states[0][1][:100]) == {"duplicate", "conflict"}  # the messageIds re-used with other content
