@@ -90,7 +90,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '4'
+    '5'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
