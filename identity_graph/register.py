@@ -23,7 +23,7 @@ parse workers call to key the rows they hand the writer.
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 #: A register row as the writer gets it: (messageId, time, type, digest, key).
 Row = tuple[str, int, str, "int | None", int]
@@ -47,24 +47,20 @@ def register_key(message_id: str, level: int = 0) -> int:
 
 
 class Register:
-    """The register's statements on one DBAPI cursor (``sql`` turns ``?`` into the dialect's marks)."""
+    """The register's statements on one DBAPI cursor; ``sql`` is the store's ``_Sql`` (it
+    turns ``?`` into the dialect's marks and writes ``IN`` lists)."""
 
-    def __init__(self, cur: Any, sql: Callable[[str], str], pg: bool) -> None:
+    def __init__(self, cur: Any, sql: Any) -> None:
         self.cur = cur
         self.sql = sql
-        self.pg = pg
-
-    def _in(self, keys: list[int]) -> Iterator[list[int]]:
-        for i in range(0, len(keys), _BATCH):
-            yield keys[i:i + _BATCH]
+        self.pg: bool = sql.pg
 
     def _rows_of(self, keys: list[int]) -> dict[int, tuple[Any, ...]]:
         """key -> (messageId, time, type, digest, tx) of the registered rows among ``keys``."""
         found: dict[int, tuple[Any, ...]] = {}
-        for part in self._in(keys):
-            where = "key = ANY(%s)" if self.pg else f"key IN ({','.join('?' * len(part))})"
-            self.cur.execute("SELECT key, message_id, time, type, digest, tx FROM ig_events WHERE " + where,
-                             [part] if self.pg else part)
+        for i in range(0, len(keys), _BATCH):
+            where, params = self.sql.in_("key", keys[i:i + _BATCH])
+            self.cur.execute("SELECT key, message_id, time, type, digest, tx FROM ig_events WHERE " + where, params)
             found.update((r[0], r[1:]) for r in self.cur.fetchall())
         return found
 
@@ -98,13 +94,12 @@ class Register:
         """Insert the rows whose key is free; how many were inserted (-1: not counted)."""
         # The transaction number is ours (an int), so it is written into the statement:
         # the rows go to the driver as given, without a copy per row.
-        head = f"INSERT INTO ig_events (message_id, time, type, digest, key, tx) "
-        if not self.pg:
-            self.cur.executemany(head + f"VALUES (?, ?, ?, ?, ?, {int(tx_number)}) ON CONFLICT DO NOTHING", rows)
-            return int(self.cur.rowcount)
-        if not bulk:  # a later probe: a few rows, counted by reading them back
-            self.cur.executemany(head + f"VALUES (%s, %s, %s, %s, %s, {int(tx_number)}) ON CONFLICT DO NOTHING", rows)
-            return -1
+        head = "INSERT INTO ig_events (message_id, time, type, digest, key, tx) "
+        if not (self.pg and bulk):
+            marks = ", ".join(["%s" if self.pg else "?"] * 5)
+            self.cur.executemany(head + f"VALUES ({marks}, {int(tx_number)}) ON CONFLICT DO NOTHING", rows)
+            # psycopg's executemany is not counted here: a later probe (a few rows) is read back.
+            return -1 if self.pg else int(self.cur.rowcount)
         # COPY into a session-private staging table, then one INSERT ... SELECT: about half
         # the time of unnest() arrays bound per 5,000 rows.
         self.cur.execute(

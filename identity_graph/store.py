@@ -167,7 +167,11 @@ class Store:
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
                 # A register made before schema 5 is copied into the keyed layout first (the
                 # copy makes the new table), in this same transaction: all or nothing.
-                Register(conn.connection.cursor(), _Sql(self.pg), self.pg).migrate(lambda: metadata.create_all(conn))
+                cur = conn.connection.cursor()
+                try:
+                    Register(cur, _Sql(self.pg)).migrate(lambda: metadata.create_all(conn))
+                finally:
+                    cur.close()
                 metadata.create_all(conn)
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
                 rows = [
@@ -573,7 +577,7 @@ class ReadTx:
 
     def event_time(self, message_id: str) -> int | None:
         """The event time of a registered messageId, or None when the graph has not seen it."""
-        found = Register(self.cur, self.sql, self.sql.pg).find([message_id]).get(message_id)
+        found = Register(self.cur, self.sql).find([message_id]).get(message_id)
         return None if found is None else found[1]
 
     def members(self, profile_id: int) -> list[str]:
@@ -631,7 +635,7 @@ class WriteTx(ReadTx):
         second). Every other row was new and is registered now: rule 9 in one pass.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
-        return Register(self.cur, self.sql, self.sql.pg).claim(rows, tx_number)
+        return Register(self.cur, self.sql).claim(rows, tx_number)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -711,7 +715,7 @@ class WriteTx(ReadTx):
         messages = sorted({l.message_id for l in links})
         self.cur.execute(self.sql("DELETE FROM ig_links WHERE source = ? OR target = ?"), (id_, id_))
         self.cur.execute(self.sql("DELETE FROM ig_ids WHERE id = ?"), (id_,))
-        Register(self.cur, self.sql, self.sql.pg).clear_digests(messages)
+        Register(self.cur, self.sql).clear_digests(messages)
         return messages
 
     def suppress(self, digest: str, when: int) -> None:

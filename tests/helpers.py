@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from identity_graph import IdentityGraph
@@ -30,6 +31,23 @@ def identify(t: int, msg: str, user: Any = None, anon: Any = None) -> dict[str, 
 
 def alias(t: int, msg: str, previous: Any, user: Any, **more: Any) -> dict[str, Any]:
     return ev("alias", t, msg, previousId=previous, userId=user, **more)
+
+
+def linked_history(n: int, seed: int, users: int = 40, devices: int = 60) -> list[dict[str, Any]]:
+    """``n`` events (identify 60 %, alias 20 %, page 20 %) over few people and devices, so
+    that links collide: messageIds ``m00000``, ``m00001``, ..."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        t, msg = rng.randrange(0, 3000), f"m{i:05d}"
+        pick = rng.random()
+        if pick < 0.6:
+            out.append(identify(t, msg, user=f"u{rng.randrange(users)}", anon=f"d{rng.randrange(devices)}"))
+        elif pick < 0.8:
+            out.append(alias(t, msg, f"d{rng.randrange(devices)}", f"u{rng.randrange(users)}"))
+        else:
+            out.append(ev("page", t, msg, anonymousId=f"d{rng.randrange(devices)}"))
+    return out
 
 
 def profiles(graph: IdentityGraph) -> set[tuple[str, frozenset[str]]]:

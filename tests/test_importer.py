@@ -16,6 +16,7 @@ import pytest
 
 from conftest import PostgresSchemas, postgres_base_url
 from helpers import P, alias, ev, identify, profiles
+from helpers import linked_history
 from identity_graph import IdentityGraph, MergeRules
 from identity_graph.importer import ImportIssue, StrictImportStopped, import_events
 from identity_graph.readers import SourceError, expand_sources
@@ -530,24 +531,9 @@ def test_bulk_import_stores_the_link_outcomes_of_one_by_one_ingestion(
 
 # The parse worker (a child process reads and validates while the parent writes) -----------
 
-def _collision_history(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        t, msg = rng.randrange(0, 3000), f"m{i:05d}"
-        pick = rng.random()
-        if pick < 0.6:
-            out.append(identify(t, msg, user=f"u{rng.randrange(40)}", anon=f"d{rng.randrange(60)}"))
-        elif pick < 0.8:
-            out.append(alias(t, msg, f"d{rng.randrange(60)}", f"u{rng.randrange(40)}"))
-        else:
-            out.append(ev("page", t, msg, anonymousId=f"d{rng.randrange(60)}"))
-    return out
-
-
 def test_the_parse_worker_gives_the_same_graph_and_summary(make_graph: Callable[..., IdentityGraph],
                                                            tmp_path: Path) -> None:
-    history = _collision_history(3000, 5)
+    history = linked_history(3000, 5)
     path = _write(tmp_path, "h.jsonl", jsonl(history[:1500]) + b"not json\n" + jsonl(history[1500:]))
     rules = MergeRules(max_profile_ids=8)
     with IdentityGraph(f"sqlite:///{tmp_path / 'seq.db'}", rules=rules) as seq:
@@ -568,7 +554,7 @@ def test_the_parse_workers_report_a_conflict_in_a_later_range_at_the_files_own_l
     import identity_graph.importer as importer
 
     monkeypatch.setattr(importer, "SMALL_CHUNK", 50)  # the file's first and last ranges: this file is small
-    history = _collision_history(3000, 12)
+    history = linked_history(3000, 12)
     clash = dict(history[0], userId="someone-else")  # messageId m00000 again, other content
     path = _write(tmp_path, "h.jsonl", jsonl(history[:2600]) + jsonl([clash]) + b"not json\n" + jsonl(history[2600:]))
     assert len(importer.plan_units(expand_sources([path]), 100, 2)) > 20
@@ -585,7 +571,7 @@ def test_the_parse_workers_stop_at_the_first_invalid_event_when_strict(
 ) -> None:
     # The file is cut into byte ranges that the two workers parse in turn: the stop is at
     # the first invalid line whichever range it falls in.
-    history = _collision_history(events, 6)
+    history = linked_history(events, 6)
     path = _write(tmp_path, "h.jsonl",
                   jsonl(history[:bad_after]) + b'{"type": "identify"}\n' + jsonl(history[bad_after:]))
     with pytest.raises(StrictImportStopped) as stop:
@@ -599,8 +585,8 @@ def test_the_parse_workers_stop_at_the_first_invalid_event_when_strict(
 
 
 def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(graph: IdentityGraph, tmp_path: Path) -> None:
-    good = _write(tmp_path, "a.jsonl", jsonl(_collision_history(100, 7)))
-    bad = _write(tmp_path, "b.jsonl.gz", gzip.compress(jsonl(_collision_history(200, 8)))[:-40])
+    good = _write(tmp_path, "a.jsonl", jsonl(linked_history(100, 7)))
+    bad = _write(tmp_path, "b.jsonl.gz", gzip.compress(jsonl(linked_history(200, 8)))[:-40])
     with pytest.raises(SourceError, match=rf"^{bad}: cannot read \("):
         import_events(graph, [good, bad], batch_size=50, parallel=True)
     assert graph.resolve("d1") is not None  # the first file's batches were committed
@@ -618,7 +604,7 @@ def test_the_import_command_uses_the_worker_only_when_it_pays_off(
     assert not parallel_pays_off([small]) and not parallel_pays_off(["-"])
     assert not parallel_pays_off([tmp_path / "missing.jsonl"])
     padding = "x" * 900
-    events = [dict(e, properties={"pad": padding}) for e in _collision_history(PARALLEL_MIN_BYTES // 900 + 500, 9)]
+    events = [dict(e, properties={"pad": padding}) for e in linked_history(PARALLEL_MIN_BYTES // 900 + 500, 9)]
     big = _write(tmp_path, "big.jsonl", jsonl(events))
     assert parallel_pays_off([big]) == ((__import__("os").cpu_count() or 1) > 1)
 
@@ -634,7 +620,7 @@ def test_a_large_import_through_the_command_equals_the_sequential_library_import
     monkeypatch.setattr(importer, "PARALLEL_MIN_BYTES", 8 << 20)  # this 10 MB file then takes the workers
 
     padding = "x" * 900
-    events = [dict(e, properties={"pad": padding}) for e in _collision_history(10_000, 10)]
+    events = [dict(e, properties={"pad": padding}) for e in linked_history(10_000, 10)]
     big = _write(tmp_path, "big.jsonl", jsonl(events))
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     result = CliRunner().invoke(cli, ["--db", url, "import", str(big), "--quiet", "--json"])
@@ -679,7 +665,7 @@ def test_two_parse_workers_over_mixed_files_give_the_one_reader_graph_and_issues
     messageIds re-used across files and ranges with other content)."""
     import identity_graph.importer as importer
 
-    history = _collision_history(4000, 11)
+    history = linked_history(4000, 11)
     folder = tmp_path / "exports"
     _write(folder, "1.jsonl", jsonl(history[:1700]) + b"not json\n" + jsonl(history[1700:2500]))
     _write(folder, "2.jsonl.gz", gzip.compress(jsonl(history[2500:3000]) + b'{"type": "track"}\n'))

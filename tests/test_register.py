@@ -13,7 +13,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, text
 
-from helpers import alias, ev, identify, profiles
+from helpers import linked_history, identify, profiles
 from identity_graph import IdentityGraph, MergeRules, UnknownEvent
 from identity_graph import batch, chunk, register
 from identity_graph.importer import import_events
@@ -39,16 +39,7 @@ def crowded(monkeypatch: pytest.MonkeyPatch) -> None:
 def history(seed: int = 3) -> list[dict[str, Any]]:
     """Links, re-sends (same content) and messageIds re-used with other content."""
     rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    for i in range(160):
-        t, msg = rng.randrange(0, 3000), f"m{i:04d}"
-        pick = rng.random()
-        if pick < 0.5:
-            events.append(identify(t, msg, user=f"u{rng.randrange(25)}", anon=f"d{rng.randrange(40)}"))
-        elif pick < 0.7:
-            events.append(alias(t, msg, f"d{rng.randrange(40)}", f"u{rng.randrange(25)}"))
-        else:
-            events.append(ev("page", t, msg, anonymousId=f"d{rng.randrange(40)}"))
+    events = linked_history(160, seed, users=25, devices=40)
     resent = [dict(e) for e in rng.sample(events, 25)]
     reused = [identify(rng.randrange(0, 3000), e["messageId"], user="intruder", anon="x")
               for e in rng.sample(events, 8)]
