@@ -189,21 +189,25 @@ def apply_chunk(
     userId links nothing and marks nothing known; it changes nothing but its IDs' existence
     and first-seen times, so those events reach the rules only as the chunk's ``lone`` map
     (ID -> earliest time), and their messageIds only as register rows. That holds while
-    every one of them is new to the register (a re-sent or conflicting one must take no
-    part) and no ID was ever erased (each event is then checked against the erased list).
+    every one of them is new to the register or a plain re-send (see
+    :meth:`~identity_graph.chunk.Chunk.resent_others`; a conflicting one must take no part)
+    and no ID was ever erased (each event is then checked against the erased list).
     """
     repeats = chunk.repeat_plans(rules) if chunk.repeats else []
     if tx.suppressed():
         return apply_plans(tx, rules, cache, chunk.all_plans(rules), repeats, counts, counts_only=True)  # type: ignore[return-value]
     counts = _begin(tx, cache, counts, warm=True)  # an import: worth reading a known graph whole
     earlier = tx.claim_message_ids(chunk.register)
-    short_cut = not (earlier and chunk.any_lone(earlier))
+    resent = chunk.resent_others(earlier) if earlier else set()
+    short_cut = resent is not None
     plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
     summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone,
                              list(chunk.held.values()))
-    if short_cut:
-        summary.applied += chunk.lone_events
-        summary.blocked += chunk.blocked_events
+    if resent is not None:
+        blocked = len(resent.intersection(chunk.blocked)) if resent else 0
+        summary.applied += chunk.lone_events - (len(resent) - blocked)
+        summary.blocked += chunk.blocked_events - blocked
+        summary.duplicates += len(resent)
     return summary  # type: ignore[return-value]
 
 

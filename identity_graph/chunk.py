@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Iterable
+from typing import Any, Mapping
 
 import orjson
 
@@ -43,8 +43,8 @@ class Chunk:
     messageId is first in the chunk (``key``: its register key, computed here, off the
     writer); ``planned``: (event fields, origin, digest) of those that carry a
     (non-blocked) userId, so may link or mark it known; ``lone``: ID -> earliest time over
-    the others, whose only effect is that their IDs exist; ``lone_events`` and
-    ``blocked_events`` count those with IDs and with none left (rule 2); ``others``: their
+    the others, whose only effect is that their IDs exist; ``lone_events`` counts those with
+    IDs and ``blocked`` holds the messageIds of those with none left (rule 2); ``others``: their
     (event fields, origin), for the fall-back; ``repeats``: (event fields, origin) of the
     events re-using a messageId of the chunk, and ``held``: the register row of the first
     event of each such messageId. ``line_offset``: what to add to every origin's line (a
@@ -55,7 +55,7 @@ class Chunk:
     planned: list[tuple[tuple[Any, ...], Any, int]] = field(default_factory=list)
     lone: dict[str, int] = field(default_factory=dict)
     lone_events: int = 0
-    blocked_events: int = 0
+    blocked: list[str] = field(default_factory=list)
     others: list[tuple[tuple[Any, ...], Any]] | bytes = field(default_factory=list)
     repeats: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
     held: dict[str, tuple[str, int, str, int, int]] = field(default_factory=dict)
@@ -91,10 +91,33 @@ class Chunk:
     def repeat_plans(self, rules: MergeRules) -> list[Plan]:
         return _plans(self.repeats, rules)
 
-    def any_lone(self, message_ids: Iterable[str]) -> bool:
-        """Whether any of ``message_ids`` (of this chunk's events) is one of the ``others``."""
+    @property
+    def blocked_events(self) -> int:
+        return len(self.blocked)
+
+    def resent_others(self, earlier: Mapping[str, tuple[Any, ...]]) -> set[str] | None:
+        """Which of ``earlier`` (this chunk's messageIds registered before it, with the
+        registered (time, type, digest)) are ``others``, when each is a plain re-send that
+        can change nothing; None when one may change something.
+
+        A re-send can change nothing when it has the registered event's type and IDs (its
+        digest; a cleared digest proves nothing) at a time no earlier: the registered event
+        made those IDs exist, seen first no later than its time. Then the chunk's ``lone``
+        map, which counts the re-send too, still holds exactly: the short cut stays, and
+        only the counts must call the re-send a duplicate. Retries sent twice across a batch
+        boundary are the common case; anything else (a conflict, an earlier time) takes the
+        fall-back, which skips the event outright.
+        """
         planned = {row[0][1] for row in self.planned}
-        return any(m not in planned for m in message_ids)
+        others = {m for m in earlier if m not in planned}
+        if others:
+            for row in self.register:
+                mid = row[0]
+                if mid in others:
+                    time, type_, digest = earlier[mid]
+                    if digest is None or (type_, digest) != (row[2], row[3]) or row[1] < time:
+                        return None
+        return others
 
 
 def _plans(rows: list[tuple[tuple[Any, ...], Any]], rules: MergeRules) -> list[Plan]:
@@ -169,7 +192,7 @@ class ChunkBuilder:
         if found:
             chunk.lone_events += 1
         else:
-            chunk.blocked_events += 1
+            chunk.blocked.append(mid)
 
     def take(self) -> Chunk:
         """The chunk collected so far; the builder starts a new one."""

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from identity_graph import IdentityGraph
 from identity_graph.batch import plan_event
-from identity_graph.chunk import ChunkBuilder
+from identity_graph.chunk import Chunk, ChunkBuilder
 from identity_graph.events import parse_event
 from identity_graph.importer import import_events
 from identity_graph.rules import MergeRules
@@ -148,6 +148,37 @@ def test_re_sent_and_conflicting_events_without_user_id(make: Any, tmp_path: Pat
     assert (s.applied, s.duplicates, s.conflicts) == (2, 3, 1)
     assert [str(i).split(": ", 1)[1][:8] for i in s.issues] == ["messageI"]
     assert imported.resolve("a9") is None and imported.resolve("a10") == "a10"
+
+
+def test_plain_re_sends_without_user_id_keep_the_short_cut(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries that straddle a batch boundary: re-sent as they were, or later, they count as
+    duplicates and the batch still takes the short cut (no fall-back to every event's plan)."""
+    second = [
+        page("p1", 10, "a1"),            # re-sent as it was
+        page("p3", 9, "a2"),             # re-sent later: first-seen stays 7
+        page("p6", 40, "null"),          # a blocked event re-sent: a duplicate, not blocked
+        alias("al2", 41, "lead-7", "null", "a5"),
+        page("n1", 45, "a11"),
+        identify("i1", 20, "u1", "a1"),
+    ]
+    fall_backs: list[int] = []
+    real_all_plans = Chunk.all_plans
+    monkeypatch.setattr(Chunk, "all_plans", lambda self, rules: fall_backs.append(1) or real_all_plans(self, rules))
+    imported, ingested, (_, s) = both_ways(make, tmp_path, [HISTORY, second], batch_size=100)
+    assert state(imported) == state(ingested)
+    assert (s.applied, s.duplicates, s.blocked, s.conflicts, s.new_ids) == (1, 5, 0, 0, 1)
+    assert fall_backs == []
+    assert imported.resolve("a11") == "a11"
+
+
+def test_a_re_send_with_an_earlier_time_changes_no_first_seen(make: Any, tmp_path: Path) -> None:
+    """Alone in its batch (no conflict beside it to force the fall-back): a1 was first seen
+    at 5, and the re-send of p2 at 1 is a duplicate, so it stays 5."""
+    imported, ingested, (_, s) = both_ways(make, tmp_path, [HISTORY, [page("p2", 1, "a1")]], batch_size=100)
+    assert state(imported) == state(ingested)
+    assert (s.applied, s.duplicates) == (0, 1)
 
 
 def test_repeats_within_one_batch_are_held_by_their_first(make: Any, tmp_path: Path) -> None:
