@@ -238,17 +238,22 @@ def test_import_into_an_existing_graph_reads_it_whole_once(
 
 def test_a_chunk_survives_the_pipe() -> None:
     """What the parse worker sends: the fall-back's events come back exactly, also from a
-    file whose name is not UTF-8 (JSON cannot carry it; pickle can)."""
+    file whose name is not UTF-8 (JSON cannot carry it; pickle can), through the worker's
+    own memo-less pickling."""
     import pickle
+
+    from identity_graph.importer import _dumps
 
     for source in ("events.jsonl", "caf\udce9.jsonl"):
         b = ChunkBuilder(MergeRules())
         for n, e in enumerate(HISTORY, 1):
             b.add(parse_event(e), (source, n, None))
         c = b.take()
-        sent = pickle.loads(pickle.dumps(c))
+        kind, (sent, issues) = pickle.loads(_dumps(("chunk", (c, []))))
+        assert (kind, issues) == ("chunk", [])
         assert sent.all_plans(MergeRules()) == c.all_plans(MergeRules())
-        assert (sent.register, sent.planned, sent.lone) == (c.register, c.planned, c.lone)
+        assert (sent.register, sent.planned, sent.lone, sent.held, sent.repeats, sent.blocked) == (
+            c.register, c.planned, c.lone, c.held, c.repeats, c.blocked)
 
 
 def test_a_parse_worker_sends_small_chunks_at_both_ends(tmp_path: Path) -> None:
