@@ -202,7 +202,7 @@ def apply_chunk(
     short_cut = resent is not None
     plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
     summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone,
-                             list(chunk.held.values()))
+                             list(chunk.held.values()), in_order=short_cut)
     if resent is not None:
         blocked = len(resent.intersection(chunk.blocked)) if resent else 0
         summary.applied += chunk.lone_events - (len(resent) - blocked)
@@ -230,11 +230,13 @@ def _apply_claimed(
     earlier: dict[str, tuple[Any, ...]],
     lone: dict[str, int],
     register: list[tuple[str, int, str, int, int]] | None = None,
+    in_order: bool = False,
 ) -> list[IngestResult] | IngestSummary:
     """The rest of :func:`apply_plans` once the plans' messageIds are registered:
     ``earlier`` holds the ones registered before (not applied again). ``register``: the
     register rows of (at least) the first events of the ``repeats``' messageIds, when
-    their plans are not all in ``plans`` (a chunk's)."""
+    their plans are not all in ``plans`` (a chunk's). ``in_order``: ``plans`` are already
+    in event-time order (a chunk's planned events are sorted where they were parsed)."""
     tx.count_duplicates(len(repeats) + len(earlier))
     conflicts = {
         p.event.message_id for p in plans
@@ -255,7 +257,9 @@ def _apply_claimed(
         counts.conflicting += [repeats[i] for i in sorted(counts.repeat_conflicts)]
     # A blocked event changes nothing, but its messageId is claimed all the same: the
     # first event with a messageId wins, however the events were batched (rule 9).
-    fresh = sorted((p for p in plans if p.ids and p.event.message_id not in earlier), key=lambda p: p.event.key)
+    fresh = [p for p in plans if p.ids and p.event.message_id not in earlier]
+    if not in_order:
+        fresh.sort(key=_event_key)
     outcomes: dict[tuple[str, int], tuple[Outcome, str | None]] = {}
     replayed: set[str] = set()
     if fresh or lone:
@@ -280,6 +284,10 @@ def _apply_claimed(
         links = tuple(LinkResult(l.source, l.target, l.kind, *outcomes[(mid, l.seq)]) for l in p.links)
         results.append(IngestResult(mid, "applied", links, mid in replayed))
     return results
+
+
+def _event_key(plan: Plan) -> tuple[int, str]:
+    return plan.event.key
 
 
 def _row(plan: Plan) -> tuple[int, str, int]:
@@ -331,25 +339,27 @@ def _tally(
     replayed: set[str],
 ) -> IngestSummary:
     summary = IngestSummary()
-    for p in plans:
-        mid = p.event.message_id
-        if mid in earlier:
-            if mid in conflicts:
-                summary.conflicts += 1
-            else:
-                summary.duplicates += 1
-        elif not p.ids:
-            summary.blocked += 1
-        else:
-            summary.applied += 1
-            for link in p.links:
-                outcome, reason = outcomes[(mid, link.seq)]
-                if outcome == MERGED:
-                    summary.links_merged += 1
-                elif outcome == TOGETHER:
-                    summary.links_together += 1
+    if earlier:
+        for p in plans:
+            mid = p.event.message_id
+            if mid in earlier:
+                if mid in conflicts:
+                    summary.conflicts += 1
                 else:
-                    summary.links_refused[reason] += 1
+                    summary.duplicates += 1
+            elif not p.ids:
+                summary.blocked += 1
+    else:
+        summary.blocked = sum(1 for p in plans if not p.ids)
+    summary.applied = len(plans) - summary.conflicts - summary.duplicates - summary.blocked
+    # ``outcomes`` holds exactly the links of the applied plans: counted by value, in C.
+    for (outcome, reason), n in Counter(outcomes.values()).items():
+        if outcome == MERGED:
+            summary.links_merged += n
+        elif outcome == TOGETHER:
+            summary.links_together += n
+        else:
+            summary.links_refused[reason] += n
     summary.replayed_events += len(replayed)
     return summary
 

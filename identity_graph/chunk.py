@@ -29,6 +29,10 @@ from .rules import MergeRules
 
 _new = tuple.__new__
 _KEY = itemgetter(4)
+
+
+def _planned_key(row: tuple[tuple[Any, ...], Any, int]) -> tuple[int, str]:
+    return (row[0][2], row[0][1])  # Event.key: (time, messageId)
 _DIGESTS_KEPT = 1 << 16
 
 
@@ -42,7 +46,7 @@ class Chunk:
     ``register``: the (messageId, time, type, digest, key) row of every event whose
     messageId is first in the chunk (``key``: its register key, computed here, off the
     writer); ``planned``: (event fields, origin, digest) of those that carry a
-    (non-blocked) userId, so may link or mark it known; ``lone``: ID -> earliest time over
+    (non-blocked) userId, so may link or mark it known, in event-time order once taken; ``lone``: ID -> earliest time over
     the others, whose only effect is that their IDs exist; ``lone_events`` counts those with
     IDs and ``blocked`` holds the messageIds of those with none left (rule 2); ``others``: their
     (event fields, origin), for the fall-back; ``repeats``: (event fields, origin) of the
@@ -200,4 +204,6 @@ class ChunkBuilder:
         # In key order, the register's inserts walk its index's pages in order instead of
         # at random: ~1 us a row less (measured in memory, 1M UUID keys: 3.6 s -> 2.4 s).
         chunk.register.sort(key=_KEY)
+        # In event-time order, as the writer applies them: the sort runs here, off the writer.
+        chunk.planned.sort(key=_planned_key)
         return chunk
