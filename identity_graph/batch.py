@@ -30,11 +30,12 @@ from .resolver import NO_KEY, Key, Link, ProfileState, Resolver, replay
 from .results import IngestResult, IngestSummary, LinkResult
 from .rules import UNMERGED, MERGED, TOGETHER, MergeRules, Outcome
 from .cache import StateCache
-from .register import register_key
-from .store import StoredId, WriteTx, same_event
+from .register import register_key, same_event
+from .rows import StoredId
 
 if TYPE_CHECKING:
     from .chunk import Chunk
+    from .store import WriteTx
 
 
 @contextmanager

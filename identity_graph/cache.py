@@ -11,8 +11,13 @@ the database at all.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .resolver import Key
-from .store import StoredId, WriteTx
+from .rows import StoredId
+
+if TYPE_CHECKING:
+    from .store import WriteTx
 
 
 class StateCache:

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -28,12 +28,14 @@ from .batch import gc_paused
 from .chunk import Chunk, ChunkBuilder
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, event_from_line, parse_event
-from .graph import IdentityGraph
 from .rules import MergeRules
 from .readers import (
     Item, Location, Source, SourceError, expand_sources, line_start, raw_text, read_range, read_source, splittable,
 )
 from .results import CONFLICT_REASON, IngestSummary
+
+if TYPE_CHECKING:  # not at run time: the parse workers load this module, and need no database layer
+    from .graph import IdentityGraph
 
 # Each commit rewrites every page of the messageId register (and of the link indexes)
 # that its random keys touch, so fewer, larger batches write less. Measured on 1M
@@ -162,6 +164,7 @@ def import_events(
     of input when there is a spare CPU.
 
     >>> import tempfile, pathlib
+    >>> from identity_graph import IdentityGraph
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (folder / "a.jsonl").write_text(
     ...     '{"type":"identify","userId":"u1","anonymousId":"a1","messageId":"m1"}\\n'

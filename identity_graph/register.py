@@ -15,9 +15,10 @@ a messageId up walks its sequence until it meets the messageId (registered) or a
 key (not registered). With 64-bit keys a probe past the first is a rarity (about one
 pair in 10^7 among 10^6 messageIds) that costs one more query, never a wrong answer.
 
-The functions here run on the store's DBAPI cursor inside its transaction; only
-:mod:`identity_graph.store` calls them, except :func:`register_key`, which the importer's
-parse workers call to key the rows they hand the writer.
+The :class:`Register` runs on the store's DBAPI cursor inside its transaction; only
+:mod:`identity_graph.store` uses it. :func:`register_key` (the importer's parse workers key
+the rows they hand the writer) and :func:`same_event` (the batch writer compares a re-used
+messageId's events) need no database.
 """
 
 from __future__ import annotations
@@ -206,3 +207,12 @@ class Register:
             return {r[0] for r in self.cur.fetchall()}
         self.cur.execute("PRAGMA table_info(ig_events)")
         return {r[1] for r in self.cur.fetchall()}
+
+
+def same_event(stored: tuple[Any, ...], incoming: tuple[Any, ...]) -> bool:
+    """(time, type, digest) of a registered event against a new one with its messageId.
+
+    Time is not compared: an event sent without a time gets the time it was read, so
+    each re-send of it differs there. A row without a digest is given the benefit of
+    the doubt."""
+    return stored[1] == incoming[1] and (stored[2] is None or stored[2] == incoming[2])

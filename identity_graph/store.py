@@ -21,7 +21,7 @@ import random
 import uuid
 import time as _time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
@@ -29,7 +29,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
-from .register import Register, Row
+from .register import Register, Row, same_event
+from .rows import StoredId, StoredLink
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
 
 log = logging.getLogger(__name__)
@@ -42,31 +43,6 @@ _T = TypeVar("_T")
 #: Size buckets of the profile-size histogram: (label, smallest, largest).
 SIZE_BUCKETS = [("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100),
                 ("101-1000", 101, 1000), (">1000", 1001, None)]
-
-
-class StoredId(NamedTuple):
-    """An ID's row joined with its profile's row (a tuple: made by the thousand per batch)."""
-
-    id: str
-    profile_id: int
-    known: Key | None
-    first_time: int
-    canonical: str
-    size: int
-    profile_known: bool
-    last: Key
-
-
-class StoredLink(NamedTuple):
-    message_id: str
-    seq: int
-    source: str
-    target: str
-    kind: str
-    event_type: str
-    time: int
-    outcome: str
-    reason: str | None
 
 
 def _key(time: int | None, msg: str | None) -> Key | None:
@@ -440,15 +416,6 @@ def _transient(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-def same_event(stored: tuple[Any, ...], incoming: tuple[Any, ...]) -> bool:
-    """(time, type, digest) of a registered event against a new one with its messageId.
-
-    Time is not compared: an event sent without a time gets the time it was read, so
-    each re-send of it differs there. A row without a digest is given the benefit of
-    the doubt."""
-    return stored[1] == incoming[1] and (stored[2] is None or stored[2] == incoming[2])
-
-
 def _placeholders(pg: bool) -> Callable[[str], str]:
     return (lambda sql: sql.replace("?", "%s")) if pg else (lambda sql: sql)
 
@@ -631,7 +598,7 @@ class WriteTx(ReadTx):
 
         Returns, for each messageId that was registered before, the registered event's
         (time, type, digest), to tell a re-send from a different event re-using the
-        messageId (see :func:`same_event`; the first event wins, the caller reports the
+        messageId (see :func:`~identity_graph.register.same_event`; the first event wins, the caller reports the
         second). Every other row was new and is registered now: rule 9 in one pass.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
