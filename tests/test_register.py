@@ -160,3 +160,15 @@ def check_migration(url_old: str, tmp_path: Path, layout: str) -> None:
     assert states[0] == states[1]
     assert states[0][3] == states[0][4] > 100
     assert set(states[0][1][:100]) == {"duplicate", "conflict"}  # the messageIds re-used with other content
+
+
+def test_a_first_key_is_the_blake2b_of_the_message_id() -> None:
+    """The stored format: graphs written before hold these keys, so the function may get
+    faster but never different."""
+    import hashlib
+
+    for m in ["m1", "0f8fad5b-d9cb-469f-a165-70867728950e", "é", "caf\udce9", ""]:
+        digest = hashlib.blake2b(m.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        assert register_key(m) == int.from_bytes(digest, "big", signed=True)
+        salted = hashlib.blake2b(m.encode("utf-8", "surrogatepass"), digest_size=8, salt=(2).to_bytes(8, "big"))
+        assert register_key(m, 2) == int.from_bytes(salted.digest(), "big", signed=True)
