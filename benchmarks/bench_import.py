@@ -222,11 +222,22 @@ def _rss_kb(pid: int) -> int:
 
 
 def best_of(repeat: int, make: Any) -> Run:
-    runs = [make() for _ in range(max(1, repeat))]
-    best = min(runs, key=lambda r: r.seconds)
-    if len(runs) > 1:
-        best.extra["runs"] = [round(r.seconds, 2) for r in runs]
-    return best
+    return best_of_alternating(repeat, make)[0]
+
+
+def best_of_alternating(repeat: int, *makes: Any) -> list[Run]:
+    """Each contender's best of ``repeat`` runs, the contenders taking turns (a, b, a, b):
+    this VM's speed drifts within minutes, and a ratio of two contenders measured apart
+    would carry the drift."""
+    rounds = [[make() for make in makes] for _ in range(max(1, repeat))]
+    out = []
+    for i in range(len(makes)):
+        runs = [r[i] for r in rounds]
+        best = min(runs, key=lambda r: r.seconds)
+        if len(runs) > 1:
+            best.extra["runs"] = [round(r.seconds, 2) for r in runs]
+        out.append(best)
+    return out
 
 
 def import_cmd(url: str, path: str) -> list[str]:
@@ -312,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-naive", action="store_true", help="no networkx + ORM script")
     ap.add_argument("--skip-months", action="store_true", help="no second-month import")
     ap.add_argument("--month-events", type=int, help="events per 'month' (default --events)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per contender, best kept (default %(default)s)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per contender, best kept; the floor and the SQLite import alternate (default %(default)s)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile the SQLite import of the first N events (cProfile)")
     ap.add_argument("--only-profile", action="store_true", help="run only the --profile import")
@@ -340,13 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # -- the floor first: every ratio is against it ------------------------------------
         floor_db = os.path.join(tmp, "floor.db")
-        floor = best_of(args.repeat, lambda: run_process(
-            "floor (msgspec+sort+union-find+sqlite3)", [sys.executable, os.path.join(HERE, "floor.py"), path, floor_db], n))
-        floor.extra.update(json.loads(floor.stdout))
-        print(line(floor, floor.seconds))
-        print(f"      {floor.extra}")
 
-        # -- the engine on SQLite ------------------------------------------------------------
+        def run_floor() -> Run:
+            return run_process("floor (msgspec+sort+union-find+sqlite3)",
+                               [sys.executable, os.path.join(HERE, "floor.py"), path, floor_db], n)
+
+        # -- and the engine on SQLite, the two taking turns ----------------------------------
         def engine_sqlite() -> Run:
             db = os.path.join(tmp, "engine.db")
             for suffix in ("", "-wal", "-shm"):
@@ -354,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
                     os.remove(db + suffix)
             return run_process("identity-graph import (SQLite)", import_cmd(f"sqlite:///{db}", path), n)
 
-        sqlite_run = best_of(args.repeat, engine_sqlite)
+        floor, sqlite_run = best_of_alternating(args.repeat, run_floor, engine_sqlite)
+        floor.extra.update(json.loads(floor.stdout))
+        print(line(floor, floor.seconds))
+        print(f"      {floor.extra}")
         engine_db = os.path.join(tmp, "engine.db")
         print(line(sqlite_run, floor.seconds))
         print(f"      {cli_summary(sqlite_run.stdout)}; file {os.path.getsize(engine_db) / 1e6:,.0f} MB")
