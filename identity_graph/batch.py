@@ -340,18 +340,15 @@ def _tally(
     replayed: set[str],
 ) -> IngestSummary:
     summary = IngestSummary()
-    if earlier:
-        for p in plans:
-            mid = p.event.message_id
-            if mid in earlier:
-                if mid in conflicts:
-                    summary.conflicts += 1
-                else:
-                    summary.duplicates += 1
-            elif not p.ids:
-                summary.blocked += 1
-    else:
-        summary.blocked = sum(1 for p in plans if not p.ids)
+    for p in plans:
+        mid = p.event.message_id
+        if mid in earlier:
+            if mid in conflicts:
+                summary.conflicts += 1
+            else:
+                summary.duplicates += 1
+        elif not p.ids:
+            summary.blocked += 1
     summary.applied = len(plans) - summary.conflicts - summary.duplicates - summary.blocked
     # ``outcomes`` holds exactly the links of the applied plans: counted by value, in C.
     for (outcome, reason), n in Counter(outcomes.values()).items():
