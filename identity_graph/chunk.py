@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 
@@ -60,10 +60,16 @@ class Chunk:
     lone: dict[str, int] = field(default_factory=dict)
     lone_events: int = 0
     blocked: list[str] = field(default_factory=list)
-    others: list[tuple[tuple[Any, ...], Any]] | bytes = field(default_factory=list)
+    others: list[tuple[tuple[Any, ...], Any]] | bytes | None = field(default_factory=list)
     repeats: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
     held: dict[str, tuple[str, int, str, int, int]] = field(default_factory=dict)
     line_offset: int = 0
+    #: The time its events without one were given (they get the time they are read).
+    now: int = 0
+    #: Set by a parse worker that leaves ``others`` out of the pipe: which chunk of its input
+    #: unit this is, so that the writer can read them again if it needs them (``reread``).
+    others_at: int | None = None
+    reread: Callable[[], list[tuple[tuple[Any, ...], Any]]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.register) + len(self.repeats)
@@ -77,15 +83,24 @@ class Chunk:
         return self.plans(rules) + _plans(self._others(), rules)
 
     def _others(self) -> list[tuple[tuple[Any, ...], Any]]:
-        if isinstance(self.others, bytes):  # as it crossed the pipe (see __getstate__)
+        if self.others is None:  # left out of the pipe (see others_at)
+            if self.reread is None:
+                raise RuntimeError("a chunk's fall-back events were left out, and nothing can read them again")
+            self.others = self.reread()
+        elif isinstance(self.others, bytes):  # as it crossed the pipe (see __getstate__)
             self.others = [(tuple(f), tuple(o) if type(o) is list else o) for f, o in orjson.loads(self.others)]
         return self.others
 
     def __getstate__(self) -> dict[str, Any]:
-        # The writer needs ``others`` only on the rare fall-back: they cross the pipe as one
-        # JSON blob, which orjson writes ~7x faster than pickle and nobody reads unless asked.
+        # The writer needs ``others`` only on the rare fall-back. A worker that can read its
+        # input again leaves them out (~half of a chunk's bytes); otherwise they cross the
+        # pipe as one JSON blob, which orjson writes ~7x faster than pickle and nobody reads
+        # unless asked.
         state = dict(self.__dict__)
-        if not isinstance(self.others, bytes):
+        state.pop("reread", None)
+        if self.others_at is not None:
+            state["others"] = None
+        elif not isinstance(self.others, bytes):
             try:
                 state["others"] = orjson.dumps(self.others)
             except TypeError:  # a file name orjson cannot encode (not UTF-8): pickled as it is

@@ -254,6 +254,19 @@ class IdentityGraph:
         """
         return self.ingest(_new_event("identify", timestamp, userId=user_id, anonymousId=anonymous_id))
 
+    def has_erased_ids(self) -> bool:
+        """Whether :meth:`delete` ever erased an ID from this graph (then every batch of an
+        import checks its events against the erased ones).
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     _ = g.identify("u1", anonymous_id="a1")
+        ...     before = g.has_erased_ids()
+        ...     _ = g.delete("a1")
+        ...     before, g.has_erased_ids()
+        (False, True)
+        """
+        return self._store.has_erased_ids()
+
     def optimize(self) -> None:
         """Refresh the database's query-planner statistics after a large load (an import
         of 10,000 events or more does it by itself): on PostgreSQL, until they exist, the

@@ -18,6 +18,7 @@ import pickle
 import queue
 import threading
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
@@ -214,7 +215,10 @@ def _import(
     started = time.perf_counter()
     rules = graph.rules
     args = (expanded, batch_size, rules, strict)
-    chunks = _parse_in_worker(*args) if parallel else _parse(*args)
+    # Workers leave a chunk's fall-back events out of the pipe, for the writer to read again
+    # in the rare fall-back (~half of a chunk's bytes; 0.2-0.4 s of a 1M-event import),
+    # except where every batch falls back: a graph that has erased IDs (see apply_chunk).
+    chunks = _parse_in_worker(*args, keep_others=graph.has_erased_ids()) if parallel else _parse(*args)
     try:
         for chunk, issues, consumed in chunks:
             summary.events += len(chunk) + len(issues)
@@ -233,7 +237,8 @@ def _import(
 
 
 def _parse(
-    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, small: int | None = None
+    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, small: int | None = None,
+    now: int | None = None,
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """The sources' events, validated and planned under ``rules``, packed into chunks of
     ``chunk_size`` valid events, each with the invalid items met while reading it and the
@@ -243,6 +248,8 @@ def _parse(
     the first chunk and the worker waits for the writer's last one: small chunks there
     keep both processes busy (~1 s of a 1M-event import). The end is told from the
     input's size and the bytes an event has taken so far (no end is known for stdin).
+    ``now``: the time given to events without one, instead of the time each chunk is read
+    (to read a chunk again exactly: see _reread_others).
     """
     consumed = [0]
 
@@ -252,19 +259,19 @@ def _parse(
     items = (item for source in expanded for item in read_source(source, count, event_from_line))
     sizes = [source.size for source in expanded]
     remaining = None if small is None or None in sizes else sum(sizes)  # type: ignore[arg-type]
-    yield from _chunked(items, consumed, chunk_size, rules, strict, small, remaining)
+    yield from _chunked(items, consumed, chunk_size, rules, strict, small, remaining, now)
 
 
 def _chunked(
     items: Iterable[Item], consumed: list[int], chunk_size: int, rules: MergeRules, strict: bool,
-    small: int | None, remaining: int | None,
+    small: int | None, remaining: int | None, fixed_now: int | None = None,
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """:func:`_parse`'s loop; ``consumed[0]`` is kept up to date by the reader of ``items``."""
     builder = ChunkBuilder(rules)
     issues: list[ImportIssue] = []
     events_seen = bytes_seen = 0
     size = min(chunk_size, small or chunk_size)
-    now = datetime_to_time(datetime.now(timezone.utc))
+    now = _now() if fixed_now is None else fixed_now
     taken = 0
     add = builder.add
     for item in items:
@@ -282,7 +289,7 @@ def _chunked(
                 continue
         events_seen += taken + len(issues)
         bytes_seen += consumed[0]
-        yield builder.take(), issues, consumed[0]
+        yield _taken(builder, now), issues, consumed[0]
         if remaining is None:
             size = chunk_size
         else:
@@ -292,8 +299,18 @@ def _chunked(
             left = remaining * events_seen / max(bytes_seen, 1)
             size = max(min(small, chunk_size), min(chunk_size, int(left // 2)))  # type: ignore[type-var]
         issues, consumed[0], taken = [], 0, 0
-        now = datetime_to_time(datetime.now(timezone.utc))
-    yield builder.take(), issues, consumed[0]
+        now = _now() if fixed_now is None else fixed_now
+    yield _taken(builder, now), issues, consumed[0]
+
+
+def _now() -> int:
+    return datetime_to_time(datetime.now(timezone.utc))
+
+
+def _taken(builder: ChunkBuilder, now: int) -> Chunk:
+    chunk = builder.take()
+    chunk.now = now
+    return chunk
 
 
 # -- the parse workers --------------------------------------------------------------------
@@ -370,7 +387,7 @@ def _ranges(size: int, step: int, head: int | None, tail: int | None) -> list[tu
 
 
 def _parse_in_worker(
-    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool
+    expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool, keep_others: bool = True
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     import multiprocessing
 
@@ -384,7 +401,8 @@ def _parse_in_worker(
         for mine in range(workers):
             receiver, sender = ctx.Pipe(duplex=False)
             process = ctx.Process(
-                target=_worker_main, args=(sender, units, mine, workers, chunk_size, rules, strict), daemon=True
+                target=_worker_main, args=(sender, units, mine, workers, chunk_size, rules, strict, not keep_others),
+                daemon=True,
             )
             process.start()
             sender.close()
@@ -405,6 +423,12 @@ def _parse_in_worker(
                         "run the import again without the worker (parallel=False) to see why"
                     ) from None
                 if kind == "chunk":
+                    chunk = payload[0]
+                    if chunk.others_at is not None:
+                        # Not the chunk itself: a cycle would keep every chunk alive while the
+                        # collector is paused.
+                        chunk.reread = partial(_reread_others, unit, chunk.others_at, chunk.now, chunk.register,
+                                               chunk_size, rules, strict, workers)
                     yield _shifted(payload, offset) if offset else payload
                 elif kind == "error":
                     raise SourceError(payload)
@@ -421,8 +445,41 @@ def _parse_in_worker(
             process.join()
 
 
+def _unit_chunks(
+    unit: Unit, chunk_size: int, rules: MergeRules, strict: bool, workers: int,
+    lines: list[int] | None = None, now: int | None = None,
+) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
+    """One unit's chunks as its worker makes them: a whole source through _parse, or a
+    byte range through _chunked (``lines`` gets the range's number of lines). With ``now``,
+    the same cuts again with that time for events without one (see _reread_others)."""
+    if unit.end is None:
+        small = SMALL_CHUNK if workers == 1 else None
+        yield from _parse([unit.source], chunk_size, rules, strict, small=small, now=now)
+        return
+    # The file's last range reads to its end (in case the file grew since it was planned).
+    end = None if unit.end >= (unit.source.size or 0) else unit.end
+    items = read_range(unit.source, unit.start, end, event_from_line, [] if lines is None else lines)
+    yield from _chunked(items, [0], chunk_size, rules, strict, None, None, now)
+
+
+def _reread_others(
+    unit: Unit, ordinal: int, now: int, register: list[Any], chunk_size: int, rules: MergeRules, strict: bool,
+    workers: int,
+) -> list[tuple[tuple[Any, ...], Any]]:
+    """The fall-back events a worker left out of the ``ordinal``-th chunk of ``unit``, read
+    again: the same cuts, the chunk's ``now`` for events without a time. The chunk's
+    ``register`` rows must come out the same, or the file changed under the import."""
+    for n, (again, _, _) in enumerate(_unit_chunks(unit, chunk_size, rules, strict, workers, now=now)):
+        if n == ordinal:
+            if again.register == register:
+                return again.others  # type: ignore[return-value]
+            break
+    raise SourceError(f"{unit.source.path}: the file changed while it was being imported; run the import again")
+
+
 def _worker_main(
-    sender: Any, units: list[Unit], mine: int, workers: int, chunk_size: int, rules: MergeRules, strict: bool
+    sender: Any, units: list[Unit], mine: int, workers: int, chunk_size: int, rules: MergeRules, strict: bool,
+    leave_others: bool = False,
 ) -> None:
     if workers > 1:
         # Two workers and the writer share two cores: the writer goes first whenever it has
@@ -455,25 +512,22 @@ def _worker_main(
             for unit in units[mine::workers]:
                 if gone.is_set():
                     break
-                if unit.end is None:
-                    small = SMALL_CHUNK if workers == 1 else None
-                    for chunk in _parse([unit.source], chunk_size, rules, strict, small=small):
-                        put(("chunk", chunk))
-                    put(("unit", None))
-                    continue
-                start, end = unit.start, unit.end
                 lines: list[int] = []
-                # The file's last range reads to its end (in case the file grew since it was planned).
-                items = read_range(
-                    unit.source, start, None if end >= (unit.source.size or 0) else end, event_from_line, lines
-                )
                 pending = None
-                for chunk in _chunked(items, [0], chunk_size, rules, strict, None, None):
+                for ordinal, chunk in enumerate(_unit_chunks(unit, chunk_size, rules, strict, workers, lines)):
+                    if leave_others and unit.source.size is not None:
+                        chunk[0].others_at = ordinal  # the writer can read them again (see _reread_others)
+                    if unit.end is None:
+                        put(("chunk", chunk))
+                        continue
                     if pending is not None:
                         put(("chunk", pending))
                     pending = chunk
+                if unit.end is None:
+                    put(("unit", None))
+                    continue
                 # _chunked always yields a last chunk: it carries the range's bytes, for progress.
-                put(("chunk", (pending[0], pending[1], end - start)))  # type: ignore[index]
+                put(("chunk", (pending[0], pending[1], unit.end - unit.start)))  # type: ignore[index]
                 put(("unit", lines[0]))  # _chunked reads the range whole, a strict stop included
         put(("done", None))
     except SourceError as exc:

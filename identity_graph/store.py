@@ -286,6 +286,10 @@ class Store:
 
         return self.run_write(go)
 
+    def has_erased_ids(self) -> bool:
+        """Whether an ID was ever erased (the lock row counts them; see WriteTx.suppress)."""
+        return bool((self.read_json_meta("lock") or {}).get("suppressed"))
+
     def read_json_meta(self, key: str) -> Any:
         value = self.read_meta(key)
         return None if value is None else json.loads(value)

@@ -702,3 +702,115 @@ def test_the_parse_workers_modules_load_without_the_database_layer() -> None:
 
     code = "import sys, identity_graph.importer; print(sorted(m for m in sys.modules if m.startswith('sqlalchemy')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+# A parse worker leaves a chunk's events without a userId (the fall-back's) out of the
+# pipe; the writer reads them again when a batch falls back.
+
+def _fall_back_history(tmp_path: Path, gz: bool) -> tuple[Path, list[Any], str]:
+    history = linked_history(3000, 21)
+    first_page = next(e for e in history if e["type"] == "page")
+    clash = dict(first_page, anonymousId="clash-anon")  # its messageId again, other content: the fall-back
+    no_time = {"type": "page", "anonymousId": "no-time-anon", "messageId": "no-time-1"}
+    data = jsonl(history[:2600]) + jsonl([clash, no_time]) + jsonl(history[2600:])
+    path = _write(tmp_path, "h.jsonl.gz" if gz else "h.jsonl", gzip.compress(data) if gz else data)
+    return path, history, first_page["messageId"]
+
+
+def _counting_rereads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import identity_graph.importer as importer
+
+    calls: list[int] = []
+    real = importer._reread_others
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(importer, "_reread_others", counting)
+    return calls
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["ranges", "gzip"])
+def test_a_batch_that_falls_back_reads_its_left_out_events_again(
+    make_graph: Callable[..., IdentityGraph], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gz: bool
+) -> None:
+    path, _, clashing = _fall_back_history(tmp_path, gz)
+    rereads = _counting_rereads(monkeypatch)
+    with IdentityGraph(f"sqlite:///{tmp_path / 'seq.db'}") as seq:
+        expected = import_events(seq, [path], batch_size=100, parallel=False)
+        expected_map = dict(seq.identities())
+    graph = make_graph(MergeRules())
+    summary = import_events(graph, [path], batch_size=100, parallel=True)
+    assert rereads  # the batch with the clash fell back, and its events were read again
+    assert counts(summary) == counts(expected) and summary.conflicts == 1
+    assert [str(i) for i in summary.issues] == [str(i) for i in expected.issues] == [
+        f"{path}:2601: messageId: {CONFLICT_REASON} ({clashing!r})"]
+    assert dict(graph.identities()) == expected_map and graph.resolve("clash-anon") is None
+    # Read again with the time it was first given: the register and the ID agree on it.
+    with graph._store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        registered = conn.execute(text("SELECT time FROM ig_events WHERE message_id = 'no-time-1'")).scalar_one()
+        first_seen = conn.execute(text("SELECT first_time FROM ig_ids WHERE id = 'no-time-anon'")).scalar_one()
+    assert registered == first_seen
+
+
+def test_into_a_graph_with_erased_ids_the_workers_send_every_event(
+    make_graph: Callable[..., IdentityGraph], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """There every batch falls back (each event is checked against the erased IDs)."""
+    path, history, _ = _fall_back_history(tmp_path, gz=False)
+    rereads = _counting_rereads(monkeypatch)
+    graphs = []
+    for parallel in (False, True):
+        g = make_graph(MergeRules()) if parallel else IdentityGraph(f"sqlite:///{tmp_path / 'seq.db'}")
+        g.ingest(history[0])
+        g.delete(history[0]["userId"] if history[0].get("userId") else history[0]["anonymousId"])
+        assert g.has_erased_ids()
+        import_events(g, [path], batch_size=100, parallel=parallel)
+        graphs.append(dict(g.identities()))
+        if not parallel:
+            g.close()
+    assert rereads == [] and graphs[0] == graphs[1]
+
+
+def test_a_file_that_changed_under_the_import_is_not_read_again_as_if_it_had_not(tmp_path: Path) -> None:
+    import identity_graph.importer as importer
+
+    path, _, _ = _fall_back_history(tmp_path, gz=False)
+    unit = importer.Unit(expand_sources([path])[0])
+    chunk = next(importer._unit_chunks(unit, 100, MergeRules(), False, 1))[0]
+    assert importer._reread_others(unit, 0, chunk.now, chunk.register, 100, MergeRules(), False, 1) == chunk.others
+    path.write_bytes(jsonl(linked_history(3000, 22)))
+    with pytest.raises(SourceError, match=rf"^{path}: the file changed while it was being imported; run the import again$"):
+        importer._reread_others(unit, 0, chunk.now, chunk.register, 100, MergeRules(), False, 1)
+
+
+def test_the_writer_lets_go_of_each_chunk_once_applied(
+    graph: IdentityGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import pauses the cyclic collector: a chunk caught in a reference cycle (say, by
+    the callable that would read its events again) would stay in memory to the end."""
+    import gc
+    import weakref
+
+    import identity_graph.importer as importer
+
+    path, _, _ = _fall_back_history(tmp_path, gz=False)
+    alive: list[weakref.ref[Any]] = []
+    real_flush = importer._flush
+
+    def flush(g: Any, chunk: Any, *rest: Any) -> None:
+        alive.append(weakref.ref(chunk))
+        real_flush(g, chunk, *rest)
+
+    monkeypatch.setattr(importer, "_flush", flush)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        import_events(graph, [path], batch_size=100, parallel=True)
+        assert len(alive) > 20 and sum(r() is not None for r in alive) <= 1
+    finally:
+        if was:
+            gc.enable()
