@@ -16,7 +16,7 @@ from .events import time_to_datetime
 from .resolver import Key, Link as RuleLink, replay
 from .results import Link, Profile
 from .rules import UNMERGED, MERGED, REFUSED, TOGETHER, MergeRules
-from .store import StoredId, StoredLink
+from .rows import StoredId, StoredLink
 
 
 def to_link(stored: StoredLink, reversed_: bool = False) -> Link:

@@ -29,11 +29,11 @@ from .rules import MergeRules
 
 _new = tuple.__new__
 _KEY = itemgetter(4)
+_DIGESTS_KEPT = 1 << 16
 
 
 def _planned_key(row: tuple[tuple[Any, ...], Any, int]) -> tuple[int, str]:
     return (row[0][2], row[0][1])  # Event.key: (time, messageId)
-_DIGESTS_KEPT = 1 << 16
 
 
 @dataclass
@@ -46,8 +46,8 @@ class Chunk:
     ``register``: the (messageId, time, type, digest, key) row of every event whose
     messageId is first in the chunk (``key``: its register key, computed here, off the
     writer); ``planned``: (event fields, origin, digest) of those that carry a
-    (non-blocked) userId, so may link or mark it known, in event-time order once taken; ``lone``: ID -> earliest time over
-    the others, whose only effect is that their IDs exist; ``lone_events`` counts those with
+    (non-blocked) userId, so may link or mark it known, in event-time order once taken;
+    ``lone``: ID -> earliest time over the others, whose only effect is that their IDs exist; ``lone_events`` counts those with
     IDs and ``blocked`` holds the messageIds of those with none left (rule 2); ``others``: their
     (event fields, origin), for the fall-back; ``repeats``: (event fields, origin) of the
     events re-using a messageId of the chunk, and ``held``: the register row of the first

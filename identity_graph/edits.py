@@ -19,7 +19,8 @@ from .errors import IdentityGraphError, UnknownEvent
 from .resolver import Link as RuleLink, replay
 from .results import EditResult, Profile
 from .rules import UNMERGED, REFUSED, MergeRules
-from .store import StoredId, WriteTx
+from .rows import StoredId
+from .store import WriteTx
 
 
 class DryRun(Exception):

@@ -514,9 +514,10 @@ def _worker_main(
                     break
                 lines: list[int] = []
                 pending = None
+                leave = leave_others and unit.source.size is not None  # a file: the writer can read it again
                 for ordinal, chunk in enumerate(_unit_chunks(unit, chunk_size, rules, strict, workers, lines)):
-                    if leave_others and unit.source.size is not None:
-                        chunk[0].others_at = ordinal  # the writer can read them again (see _reread_others)
+                    if leave:
+                        chunk[0].others_at = ordinal  # see _reread_others
                     if unit.end is None:
                         put(("chunk", chunk))
                         continue
@@ -552,6 +553,7 @@ def _dumps(message: tuple[str, Any]) -> bytes:
     pickler.fast = True  # no memo; safe: a message holds no reference cycle
     pickler.dump(message)
     return out.getvalue()
+
 
 def _shifted(
     payload: tuple[Chunk, list[ImportIssue], int], offset: int

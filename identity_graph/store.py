@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
-from .register import Register, Row, same_event
+from .register import Register, Row
 from .rows import StoredId, StoredLink
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
 
