@@ -415,14 +415,15 @@ def main(argv: list[str] | None = None) -> int:
             warm(month1)
             warm(month2)
 
-            def into_existing() -> tuple[Run, Run]:
+            def into_existing() -> Run:
                 db = os.path.join(tmp, "months.db")
                 for suffix in ("", "-wal", "-shm"):
                     if os.path.exists(db + suffix):
                         os.remove(db + suffix)
                 first = run_process("month 1 into a fresh graph", import_cmd(f"sqlite:///{db}", month1), m)
                 second = run_process("month 2 into the month-1 graph", import_cmd(f"sqlite:///{db}", month2), m)
-                return first, second
+                second.extra["month 1"] = first  # the run that made this graph, printed beside it
+                return second
 
             def fresh_month2() -> Run:
                 db = os.path.join(tmp, "month2.db")
@@ -432,14 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                 return run_process("month 2 into a fresh graph", import_cmd(f"sqlite:///{db}", month2), m)
 
             # Taking turns (month 1 then 2 into one graph, month 2 fresh, again...), as the floor and
-            # the import do: this VM's speed drifts between minutes, and two runs of one side
-            # back to back can both fall in a slow stretch (session 8: 1.44x that way).
-            rounds = [(into_existing(), fresh_month2()) for _ in range(max(1, args.repeat))]
-            first, existing = min((r[0] for r in rounds), key=lambda p: p[1].seconds)
-            fresh = min((r[1] for r in rounds), key=lambda r: r.seconds)
-            if len(rounds) > 1:
-                existing.extra["runs"] = [round(r[0][1].seconds, 2) for r in rounds]
-                fresh.extra["runs"] = [round(r[1].seconds, 2) for r in rounds]
+            # the import do: two runs of one side back to back can both fall in a slow stretch of
+            # this VM (session 8: 1.44x that way).
+            existing, fresh = best_of_alternating(args.repeat, into_existing, fresh_month2)
+            first = existing.extra.pop("month 1")
             for r in (first, existing, fresh):
                 print(line(r, None))
                 print(f"      {cli_summary(r.stdout)}")
