@@ -46,7 +46,9 @@ class StateCache:
         if self.max_ids <= 0:
             self.reset()
             return
-        if self.generation != tx.generation or len(self._ids) > self.max_ids:
+        # At ``tx.next_generation`` the cache mirrors an earlier batch of this very transaction
+        # (an import applies several chunks in one): a token no other transaction has seen.
+        if self.generation not in (tx.generation, tx.next_generation) or len(self._ids) > self.max_ids:
             self.reset()
             self.complete = tx.is_empty()
             if warm and not self.complete:

@@ -120,7 +120,7 @@ SHOWN_ISSUES = 10
 @click.option("--strict", is_flag=True, help="Stop at the first invalid event (exit 1); what came before stays.")
 # The default is importer.DEFAULT_IMPORT_BATCH, written out: importing the importer here would
 # slow every `lookup` (tests/test_import_cli.py checks that the two agree).
-@click.option("--batch-size", type=click.IntRange(min=1), default=100_000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=500_000, show_default=True,
               help="Events per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

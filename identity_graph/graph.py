@@ -189,13 +189,41 @@ class IdentityGraph:
             summary,
         )
 
-    def apply_chunk(self, chunk: "Chunk", summary: IngestSummary) -> list[Plan]:
-        """Apply an import's :class:`~identity_graph.chunk.Chunk` in one transaction, counting
-        into ``summary`` as :meth:`apply_counted` does (``summary.events`` is the caller's);
-        returns the plans of the events that re-used an earlier messageId with other content."""
-        from .batch import apply_chunk
+    def apply_chunks(
+        self, next_chunk: Callable[[], "Chunk | None"], summary: IngestSummary
+    ) -> list[tuple["Chunk", list[Plan]]]:
+        """Apply an import's chunks (:class:`~identity_graph.chunk.Chunk`) in one transaction, counting
+        into ``summary`` as :meth:`apply_counted` does (``summary.events`` is the caller's).
 
-        return self._counted_write(lambda tx, counts: apply_chunk(tx, self.rules, self._cache, chunk, counts), summary)
+        ``next_chunk`` is called inside the transaction for one chunk after another until it
+        returns None, so the writer applies a chunk while the next one is still being parsed.
+        A retried transaction applies the chunks it took again and only then asks for more
+        (so once it has returned None, ``next_chunk`` must go on returning None). If it
+        raises, the transaction is rolled back.
+        Returns each chunk taken with the plans of its events that re-used an earlier
+        messageId with other content (their ``origin`` is relative to that chunk).
+        """
+        from .batch import BatchCounts, apply_chunk
+
+        taken: list[Chunk] = []
+
+        def run(tx: Any) -> list[tuple[Chunk, IngestSummary, BatchCounts]]:
+            done = []
+            while True:
+                if len(done) == len(taken):
+                    pulled = next_chunk()
+                    if pulled is None:
+                        return done
+                    taken.append(pulled)
+                chunk = taken[len(done)]
+                counts = BatchCounts()
+                done.append((chunk, apply_chunk(tx, self.rules, self._cache, chunk, counts), counts))
+
+        out = []
+        for chunk, counted, counts in self._store.run_write(run):
+            self._fold(summary, counted, counts)
+            out.append((chunk, counts.conflicting))
+        return out
 
     def _counted_write(self, fn: Callable[[Any, "BatchCounts"], Any], summary: IngestSummary) -> list[Plan]:
         """Run ``fn(tx, counts)`` in one write transaction and fold its counts into
@@ -203,11 +231,15 @@ class IdentityGraph:
         from .batch import BatchCounts
 
         counts = BatchCounts()
-        summary.merge(self._store.run_write(lambda tx: fn(tx, counts)))
+        self._fold(summary, self._store.run_write(lambda tx: fn(tx, counts)), counts)
+        return counts.conflicting
+
+    @staticmethod
+    def _fold(summary: IngestSummary, counted: IngestSummary, counts: "BatchCounts") -> None:
+        summary.merge(counted)
         summary.new_ids += counts.new_ids
         summary.touched_profiles -= counts.absorbed
         summary.touched_profiles |= counts.touched
-        return counts.conflicting
 
     def _plans(self, events: list[Event] | list[Plan]) -> tuple[list[Plan], dict[int, None], dict[int, Plan]]:
         """Plans of the events whose messageId is first in the list and their slots; and,

@@ -1,8 +1,8 @@
 """How does history get in? Batch import of event files into a graph.
 
 :func:`import_events` streams the sources (see :mod:`identity_graph.readers`), validates
-each event, packs batches into chunks (:class:`~identity_graph.chunk.Chunk`) and hands them to
-:meth:`IdentityGraph.apply_chunk`, which applies the rules through the same writer as
+each event, packs them into chunks (:class:`~identity_graph.chunk.Chunk`) and hands a batch of
+chunks at a time to :meth:`IdentityGraph.apply_chunks`, which applies the rules through the same writer as
 ``ingest`` and ``ingest_many``, so an import and one-by-one ingestion give the same graph.
 Each batch is one transaction: a crash loses at most the batch in flight, and re-running
 the import skips everything that landed (rule 9).
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from .batch import gc_paused
+from .batch import Plan, gc_paused
 from .chunk import Chunk, ChunkBuilder
 from .errors import IdentityGraphError, InvalidEvent
 from .events import Event, datetime_to_time, event_from_line, parse_event
@@ -39,11 +39,17 @@ if TYPE_CHECKING:  # not at run time: the parse workers load this module, and ne
     from .graph import IdentityGraph
 
 # Each commit rewrites every page of the messageId register (and of the link indexes)
-# that its random keys touch, so fewer, larger batches write less. Measured on 1M
+# that its random keys touch, so fewer, larger transactions write less. Measured on 1M
 # generated events (SQLite, 2 cores), session 2: 10,000 -> 34-37 s, 50,000 -> 28 s;
-# session 3, with chunks: 50,000 -> 16.4-16.7 s, 100,000 -> 15.7-16.3 s (peak RSS 340 ->
-# 425 MB). Past that the pages touched are nearly all of them anyway and memory grows.
-DEFAULT_IMPORT_BATCH = 100_000
+# session 3, with chunks: 50,000 -> 16.4-16.7 s, 100,000 -> 15.7-16.3 s. Session 9, a batch
+# of several chunks: 100,000 -> 8.6-9.2 s, 500,000 -> 7.8-8.2 s (the command, three runs
+# each, alternated; the writer's largest RSS 404 -> 606 MB). A first try with 300,000 gave
+# about half the gain, and 1,000,000 little more than 500,000.
+DEFAULT_IMPORT_BATCH = 500_000
+#: Events per chunk, the pipeline's unit (what a parse worker hands the writer, at most a
+#: batch): larger chunks keep the writer waiting longer at the start and the workers at the
+#: end, and cost memory on both sides of the pipe.
+CHUNK_EVENTS = 100_000
 #: Input from which the ``import`` command starts parse workers. Spawning two costs ~0.3 s:
 #: measured, 54 MB (50k events) into a fresh graph broke even (1.04 s against 1.08 s), and a
 #: 29 MB day into a 1M-ID graph took 1.73 s with workers against 1.24 s without.
@@ -156,7 +162,9 @@ def import_events(
     ``summary.issues``); with ``strict`` the first one stops the import with
     :class:`StrictImportStopped` after committing the events before it. A missing path
     or unreadable file raises :class:`~identity_graph.readers.SourceError` before or while
-    reading it; what was committed stays, and re-running completes the import.
+    reading it, after committing the events read before it; re-running completes the import.
+    ``batch_size``: events per transaction (see ``DEFAULT_IMPORT_BATCH``); a batch is
+    applied in chunks of at most ``CHUNK_EVENTS`` and kept in memory until it commits.
     ``parallel``: read and validate in child processes (two; see "the parse workers"
     below) while this one writes. Off by default in the library: they are *spawned*,
     which re-imports the calling script,
@@ -214,26 +222,78 @@ def _import(
 ) -> None:
     started = time.perf_counter()
     rules = graph.rules
-    args = (expanded, batch_size, rules, strict)
+    args = (expanded, min(batch_size, CHUNK_EVENTS), rules, strict)
     # Workers leave a chunk's fall-back events out of the pipe, for the writer to read again
     # in the rare fall-back (~half of a chunk's bytes; 0.2-0.4 s of a 1M-event import),
     # except where every batch falls back: a graph that has erased IDs (see apply_chunk).
     chunks = _parse_in_worker(*args, keep_others=graph.has_erased_ids()) if parallel else _parse(*args)
-    try:
-        for chunk, issues, consumed in chunks:
+    # What ended the input early (a --strict issue, an unreadable file, a failed worker):
+    # raised once the chunks before it are committed, so that they stay.
+    stop: list[Exception] = []
+
+    def take() -> Chunk | None:
+        """The next chunk with events; None at the end of the input or at a stop."""
+        while not stop:
+            try:
+                item = next(chunks, None)
+            except Exception as exc:  # noqa: BLE001 - raised again by _import, after the commit
+                stop.append(exc)
+                return None
+            if item is None:
+                return None
+            chunk, issues, consumed = item
             summary.events += len(chunk) + len(issues)
             if strict and issues:  # the chunk ends at this issue: what came before is committed
-                _flush(graph, chunk, summary, report)
                 summary.invalid += 1
-                summary.elapsed += time.perf_counter() - started
-                raise StrictImportStopped(issues[0], summary)
-            for issue in issues:  # reported as read; a conflict only once its batch is written
-                summary.invalid += 1
-                report(issue)
-            _flush(graph, chunk, summary, report)
+                stop.append(StrictImportStopped(issues[0], summary))
+            else:
+                for issue in issues:  # reported as read; a conflict only once its batch is written
+                    summary.invalid += 1
+                    report(issue)
             progress(consumed)
+            if len(chunk):
+                return chunk
+        return None
+
+    try:
+        # The first chunk of each batch is taken outside its transaction: the writer lock is
+        # not held while the parsing starts, and an input without events writes nothing.
+        first = take()
+        while first is not None:
+            for chunk, conflicting in graph.apply_chunks(_Batch(first, batch_size, take).next, summary):
+                _report_conflicts(chunk, conflicting, report)
+            first = take()
+        if stop:
+            if isinstance(stop[0], StrictImportStopped):
+                summary.elapsed += time.perf_counter() - started
+            raise stop[0]
     finally:
         chunks.close()
+
+
+class _Batch:
+    """The chunks of one transaction: ``first``, then more from ``take`` while fewer than
+    ``size`` events are taken, so a batch ends at the first chunk boundary at or past
+    ``size`` (chunks are at most ``CHUNK_EVENTS``), or where ``take`` ends. Once
+    :meth:`next` has said None it goes on saying it, as a retried transaction needs (see
+    :meth:`IdentityGraph.apply_chunks`)."""
+
+    def __init__(self, first: Chunk, size: int, take: Callable[[], Chunk | None]) -> None:
+        self._first: Chunk | None = first
+        self._left = size
+        self._take = take
+        self._ended = False
+
+    def next(self) -> Chunk | None:
+        chunk = None
+        if not self._ended and self._left > 0:
+            chunk = self._first if self._first is not None else self._take()
+            self._first = None
+        if chunk is None:
+            self._ended = True
+            return None
+        self._left -= len(chunk)
+        return chunk
 
 
 def _parse(
@@ -316,7 +376,7 @@ def _taken(builder: ChunkBuilder, now: int) -> Chunk:
 # -- the parse workers --------------------------------------------------------------------
 # Reading, JSON decoding and validation cost more than applying the events, so child
 # processes do them while this one writes. The input is cut into *units*: whole files,
-# or byte ranges of a plain JSON-lines file (about a batch each). With two workers,
+# or byte ranges of a plain JSON-lines file (about a chunk each). With two workers,
 # worker 0 parses units 0, 2, 4... and worker 1 units 1, 3, 5..., and this process takes
 # their chunks unit by unit, in input order: the graph is the one a single reader would
 # make (rule 9's "first wins" follows the input). A worker reads its own ranges only and
@@ -560,7 +620,7 @@ def _shifted(
 ) -> tuple[Chunk, list[ImportIssue], int]:
     """A worker's chunk of a range whose lines it numbered from 1, with the ``offset`` lines
     of the file's earlier ranges added: to its issues now, to its events' origins when a
-    conflict is reported (see _flush)."""
+    conflict is reported (see _report_conflicts)."""
     chunk, issues, consumed = payload
     chunk.line_offset = offset
     issues = [ImportIssue(_at(i.location.source, i.location.line, i.location.item, offset), i.reason, i.raw)
@@ -582,10 +642,8 @@ def _validate(item: Item, now: int) -> Event | ImportIssue:
         return ImportIssue(item.location, str(exc), raw_text(item))
 
 
-def _flush(graph: IdentityGraph, chunk: Chunk, summary: ImportSummary, report: Callable[[ImportIssue], None]) -> None:
-    if not len(chunk):
-        return
-    for plan in graph.apply_chunk(chunk, summary):
+def _report_conflicts(chunk: Chunk, conflicting: list[Plan], report: Callable[[ImportIssue], None]) -> None:
+    for plan in conflicting:
         # Not an invalid line, but the user must hear of it: it names the line and the
         # messageId, and the errors file gets what the graph would have used of it.
         e = plan.event

@@ -74,8 +74,10 @@ class Register:
             found.update((r[0], r[1:]) for r in self.cur.fetchall())
         return found
 
-    def claim(self, rows: list[Row], tx_number: int) -> dict[str, tuple[Any, ...]]:
+    def claim(self, rows: list[Row], tx_number: int, staged: bool = False) -> dict[str, tuple[Any, ...]]:
         """Register ``rows`` (distinct messageIds) under the transaction number ``tx_number``.
+        ``staged``: an earlier claim of this database transaction may have left rows in the
+        PostgreSQL staging table (it is emptied at commit only).
 
         Returns, for each messageId registered by an earlier transaction, that event's
         (time, type, digest); every other row is registered now. One insert that skips
@@ -86,7 +88,7 @@ class Register:
         earlier: dict[str, tuple[Any, ...]] = {}
         pending, level = rows, 0
         while pending:
-            skipped = self._insert(pending, tx_number, bulk=level == 0)
+            skipped = self._insert(pending, tx_number, bulk=level == 0, staged=staged)
             if not skipped:
                 break
             taken = self._rows_of([row[4] for row in skipped])
@@ -101,7 +103,7 @@ class Register:
             pending = again
         return earlier
 
-    def _insert(self, rows: list[Row], tx_number: int, bulk: bool) -> list[Row]:
+    def _insert(self, rows: list[Row], tx_number: int, bulk: bool, staged: bool = False) -> list[Row]:
         """Insert the rows whose key is free; the ones skipped (their key was taken)."""
         # The transaction number is ours (an int), so it is written into the statement:
         # the rows go to the driver as given, without a copy per row.
@@ -138,6 +140,8 @@ class Register:
             "CREATE TEMP TABLE IF NOT EXISTS ig_events_in (message_id text COLLATE \"C\", time bigint,"
             " type text, digest bigint, key bigint) ON COMMIT DELETE ROWS"
         )
+        if staged:
+            self.cur.execute("TRUNCATE ig_events_in")
         with self.cur.copy("COPY ig_events_in (message_id, time, type, digest, key) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -200,11 +204,9 @@ class Register:
             batch = self.cur.fetchall()
             if not batch:
                 break
-            last = batch[-1][0]
             rows = sorted(((m, t, ty, d, register_key(m)) for m, t, ty, d in batch), key=lambda r: r[4])
-            self.claim(rows, 0)
-            if self.pg:  # the staging rows of one claim go at commit; here several share one
-                self.cur.execute("TRUNCATE ig_events_in")
+            self.claim(rows, 0, staged=last is not None)  # several claims in one transaction
+            last = batch[-1][0]
         self.cur.execute("DROP TABLE ig_events_v4")
         return True
 

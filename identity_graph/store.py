@@ -573,6 +573,7 @@ class WriteTx(ReadTx):
     def __init__(self, cur: Any, pg: bool) -> None:
         super().__init__(cur, pg)
         self._lock: dict[str, Any] = {}
+        self._claims = 0  # claim_message_ids calls so far (an import claims once a chunk)
 
     def begin(self) -> None:
         """Take the writer lock (PostgreSQL; SQLite's is BEGIN IMMEDIATE) and read the lock row."""
@@ -608,7 +609,8 @@ class WriteTx(ReadTx):
         second). Every other row was new and is registered now: rule 9 in one pass.
         """
         tx_number = self._lock["tx"] = self._lock.get("tx", 0) + 1
-        return Register(self.cur, self.sql).claim(rows, tx_number)
+        self._claims += 1
+        return Register(self.cur, self.sql).claim(rows, tx_number, staged=self._claims > 1)
 
     # -- writes ------------------------------------------------------------------------
 

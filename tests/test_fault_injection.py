@@ -60,6 +60,7 @@ from helpers import alias, ev, identify
 from identity_graph import IdentityGraph, MergeRules
 from identity_graph.cli import cli
 from identity_graph.errors import IdentityGraphError, StoreError
+from identity_graph import importer
 from identity_graph.importer import ImportSummary, import_events
 from identity_graph.schema import metadata as schema_metadata
 from test_importer import jsonl, stored_links
@@ -528,14 +529,20 @@ def test_the_history_exercises_every_outcome(references: PrefixReferences, histo
     assert len(references.prefixes) == -(-len(HISTORY) // BATCH) + 1
 
 
+@pytest.mark.parametrize("chunk", [None, 5], ids=["chunk=batch", "chunk=5"])
 def test_every_failing_database_call_of_an_import_leaves_a_consistent_resumable_graph(
-    backend: Backend, history_file: Path, references: PrefixReferences, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, history_file: Path, references: PrefixReferences, monkeypatch: pytest.MonkeyPatch,
+    chunk: int | None,
 ) -> None:
     """Open a brand-new graph (creating its tables and storing its rules) and import a
     small history; the N-th database call fails, for every N from the first to the last
     call of an uninterrupted run. After each: a clear error, a consistent graph holding
     exactly the batches that committed; then the same graph object imports again (its
-    process cache must not trust what failed) and ends at the uninterrupted result."""
+    process cache must not trust what failed) and ends at the uninterrupted result.
+    With ``chunk`` the parser hands over chunks of 5 events, so each batch's transaction
+    applies four of them."""
+    if chunk is not None:
+        monkeypatch.setattr(importer, "CHUNK_EVENTS", chunk)
     faults = Faults(permanent_error(backend.name))
     install(monkeypatch, faults)
     url = backend.new_url()
@@ -681,13 +688,20 @@ def test_every_failing_database_call_of_a_read_command_is_a_one_line_error(
     assert not findings.by_kind, f"{backend.name}, {' '.join(command)}, {total} faults injected:\n{findings.report()}"
 
 
+@pytest.mark.parametrize("chunk", [None, 5], ids=["chunk=batch", "chunk=5"])
 def test_a_transient_error_on_a_write_call_is_retried_invisibly(
-    backend: Backend, history_file: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, history_file: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None
 ) -> None:
     """"database is locked" (SQLite) or a serialisation failure (PostgreSQL), once, on a
     call of the write path: the import completes, with the uninterrupted graph and the
     very same summary (a retried batch is neither lost nor counted twice). Tried on the
-    first call of each kind of statement and on the last commit."""
+    first call of each kind of statement and on the last commit. With ``chunk``, a batch
+    is four chunks of 5 events: the retried transaction applies the ones it had taken
+    again, then takes the rest."""
+    if chunk is not None:
+        monkeypatch.setattr(importer, "CHUNK_EVENTS", chunk)
+        # Every call of the first batch, not only the first of each kind: a failure after
+        # its second chunk was taken must replay the first two before taking the third.
     faults = Faults(transient_error(backend.name))
     install(monkeypatch, faults)
     url = backend.new_graph()
@@ -702,7 +716,9 @@ def test_a_transient_error_on_a_write_call_is_retried_invisibly(
     for i, c in enumerate(calls):
         if c.startswith("dbapi: "):
             first_of_kind.setdefault(c, i + 1)
-    targets = sorted({*first_of_kind.values(), len(calls)})
+    first_commit = next(i for i, c in enumerate(calls) if c.startswith("dbapi: COMMIT")) + 1
+    first_batch = [i + 1 for i, c in enumerate(calls[:first_commit]) if c.startswith("dbapi: ")]
+    targets = sorted({*first_of_kind.values(), len(calls), *(first_batch if chunk is not None else ())})
     assert len(targets) >= 8 and calls[-1].startswith("dbapi: COMMIT"), calls
     for n in targets:
         url = backend.new_graph()

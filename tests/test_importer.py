@@ -361,10 +361,13 @@ def test_batch_size_must_be_positive(graph: IdentityGraph, tmp_path: Path) -> No
 # -- strict ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 10_000])
+@pytest.mark.parametrize("batch_size, chunk", [(1, None), (2, None), (10_000, None), (10_000, 2)])
 def test_strict_stops_at_the_first_invalid_event_after_committing_the_ones_before(
-    graph: IdentityGraph, tmp_path: Path, batch_size: int
+    graph: IdentityGraph, tmp_path: Path, batch_size: int, chunk: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if chunk is not None:  # the stop ends a batch of several chunks: they are committed too
+        import identity_graph.importer as importer
+        monkeypatch.setattr(importer, "CHUNK_EVENTS", chunk)
     path = _write(tmp_path, "h.jsonl", jsonl(HISTORY[:5] + [{"type": "identify"}] + HISTORY[5:]))
     with pytest.raises(StrictImportStopped) as info:
         import_events(graph, [path], strict=True, batch_size=batch_size)
@@ -529,6 +532,34 @@ def test_bulk_import_stores_the_link_outcomes_of_one_by_one_ingestion(
     assert got == backend.reference(history)[1]
 
 
+@pytest.mark.parametrize("history", list(HISTORIES))
+def test_a_batch_of_several_chunks_is_one_transaction_with_the_same_graph(
+    backend: Backend, history: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parser hands over chunks of 7 events and a batch takes chunks up to 64 events:
+    a transaction of ten chunks (70 events), committed once, gives the graph and the
+    link outcomes of one-by-one ingestion."""
+    import identity_graph.importer as importer
+    from identity_graph.store import Store
+
+    expected = backend.reference(history)  # first: its one-by-one writes are not counted
+    monkeypatch.setattr(importer, "CHUNK_EVENTS", 7)
+    commits: list[int] = []
+    real_run_write = Store.run_write
+
+    def run_write(store: Store, fn: Callable[[Any], Any]) -> Any:
+        result = real_run_write(store, fn)
+        commits.append(len(result) if isinstance(result, list) else 0)  # chunks applied
+        return result
+
+    monkeypatch.setattr(Store, "run_write", run_write)
+    with _bulk(backend, history, 64, tmp_path) as g:
+        assert (dict(g.identities()), stored_links(g)) == expected
+    valid = len(backend.history(history))
+    chunks = [n for n in commits if n]
+    assert chunks == [10] * (valid // 70) + ([-(-(valid % 70) // 7)] if valid % 70 else []), commits
+
+
 # The parse worker (a child process reads and validates while the parent writes) -----------
 
 def test_the_parse_worker_gives_the_same_graph_and_summary(make_graph: Callable[..., IdentityGraph],
@@ -584,12 +615,19 @@ def test_the_parse_workers_stop_at_the_first_invalid_event_when_strict(
         assert dict(graph.identities()) == dict(reference.identities())
 
 
-def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(graph: IdentityGraph, tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_size", [50, 10_000])
+def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(
+    graph: IdentityGraph, tmp_path: Path, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import identity_graph.importer as importer
+
+    monkeypatch.setattr(importer, "CHUNK_EVENTS", 50)  # 10,000: the error ends a batch of several chunks
     good = _write(tmp_path, "a.jsonl", jsonl(linked_history(100, 7)))
     bad = _write(tmp_path, "b.jsonl.gz", gzip.compress(jsonl(linked_history(200, 8)))[:-40])
     with pytest.raises(SourceError, match=rf"^{bad}: cannot read \("):
-        import_events(graph, [good, bad], batch_size=50, parallel=True)
-    assert graph.resolve("d1") is not None  # the first file's batches were committed
+        import_events(graph, [good, bad], batch_size=batch_size, parallel=True)
+    # The first file's events were committed, and the second file's before the damage.
+    assert graph.resolve("d1") is not None and graph.stats().events > 100
 
 
 def test_the_import_command_uses_the_worker_only_when_it_pays_off(
@@ -795,17 +833,17 @@ def test_the_writer_lets_go_of_each_chunk_once_applied(
     import gc
     import weakref
 
-    import identity_graph.importer as importer
+    import identity_graph.batch as batch
 
     path, _, _ = _fall_back_history(tmp_path, gz=False)
     alive: list[weakref.ref[Any]] = []
-    real_flush = importer._flush
+    real_apply = batch.apply_chunk
 
-    def flush(g: Any, chunk: Any, *rest: Any) -> None:
+    def apply_chunk(tx: Any, rules: Any, cache: Any, chunk: Any, *rest: Any) -> Any:
         alive.append(weakref.ref(chunk))
-        real_flush(g, chunk, *rest)
+        return real_apply(tx, rules, cache, chunk, *rest)
 
-    monkeypatch.setattr(importer, "_flush", flush)
+    monkeypatch.setattr(batch, "apply_chunk", apply_chunk)
     was = gc.isenabled()
     gc.disable()
     try:
