@@ -546,7 +546,7 @@ class _BatchWriter:
         resolver, outcomes = replay(self.rules, sorted(cluster), known_at, links + batch_links)
 
         self.tx.update_link_outcomes([
-            (o, r, s.message_id, s.seq)
+            (o, r, s.time, s.message_id, s.seq)
             for s, (o, r) in zip(stored_links, outcomes) if (s.outcome, s.reason) != (o, r)
         ])
         for link, outcome in zip(batch_links, outcomes[len(links):]):

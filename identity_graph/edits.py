@@ -33,9 +33,10 @@ class DryRun(Exception):
 
 def unmerge(tx: WriteTx, rules: MergeRules, message_id: str, *, undo: bool = False, dry_run: bool = False) -> EditResult:
     """Exclude the links of event ``message_id`` (or, ``undo``, restore them) and rebuild."""
-    if tx.event_time(message_id) is None:
+    time = tx.event_time(message_id)
+    if time is None:
         raise UnknownEvent(f"no event with messageId {message_id!r} in this graph")
-    links = tx.links_of_message(message_id)
+    links = tx.links_of_message(message_id, time)
     if not links:
         raise IdentityGraphError(f"event {message_id!r} linked no IDs: there is nothing to unmerge")
     unmerged = all(l.outcome == UNMERGED for l in links)
@@ -46,9 +47,9 @@ def unmerge(tx: WriteTx, rules: MergeRules, message_id: str, *, undo: bool = Fal
     cluster = tx.cluster({i for l in links for i in (l.source, l.target)})
     old = tx.load_ids(cluster)
     # Restored links get a placeholder outcome; the rebuild decides their real one.
-    tx.set_link_outcome(message_id, REFUSED if undo else UNMERGED, None)
+    tx.set_link_outcome(message_id, time, REFUSED if undo else UNMERGED, None)
     after = _rebuild(tx, rules, old)
-    changed = tuple(to_link(l) for l in tx.links_of_message(message_id))
+    changed = tuple(to_link(l) for l in tx.links_of_message(message_id, time))
     return _finish(EditResult(dry_run, changed, *_changes(old, after)))
 
 
@@ -88,7 +89,7 @@ def _rebuild(
     rule_links = [RuleLink(l.source, l.target, l.kind, l.message_id, l.time, l.seq) for l in links]  # type: ignore[arg-type]
     resolver, outcomes = replay(rules, sorted(stored), known_at, rule_links)
     tx.update_link_outcomes([
-        (o, r, l.message_id, l.seq) for l, (o, r) in zip(links, outcomes) if (l.outcome, l.reason) != (o, r)
+        (o, r, l.time, l.message_id, l.seq) for l, (o, r) in zip(links, outcomes) if (l.outcome, l.reason) != (o, r)
     ])
     rows, moves, after = [], [], {}
     for pid, group, state in assign_profiles(tx, resolver, stored):

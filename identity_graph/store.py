@@ -66,7 +66,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '5'
+    '6'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -147,10 +147,13 @@ class Store:
                 # copy makes the new table), in this same transaction: all or nothing.
                 cur = conn.connection.cursor()
                 try:
+                    old_links = _set_aside_old_links(cur, self.pg)
                     Register(cur, _Sql(self.pg)).migrate(lambda: metadata.create_all(conn))
+                    metadata.create_all(conn)
+                    if old_links:
+                        _copy_old_links(cur)
                 finally:
                     cur.close()
-                metadata.create_all(conn)
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
                 rows = [
                     {"key": k, "value": v}
@@ -409,6 +412,34 @@ class Store:
 _NEW_LOCK = {"generation": "new", "next_profile_id": 1, "duplicates": 0}
 
 
+def _set_aside_old_links(cur: Any, pg: bool) -> bool:
+    """Rename a links table made before schema 6 (keyed by (messageId, seq), no time index)
+    to ``ig_links_v5``, for :func:`_copy_old_links` once the new one exists; False when
+    there is none (no graph yet, or a new one). Its indexes go first: the new table's
+    take their names."""
+    if pg:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'ig_links'")
+    else:
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ig_links'")
+    indexes = {r[0] for r in cur.fetchall()}
+    if not indexes or "ix_ig_links_time" in indexes:
+        return False  # every links table ever made had indexes: none means no table
+    for name in ("ix_ig_links_source", "ix_ig_links_target"):
+        if name in indexes:
+            cur.execute(f"DROP INDEX {name}")
+    cur.execute("ALTER TABLE ig_links RENAME TO ig_links_v5")
+    return True
+
+
+def _copy_old_links(cur: Any) -> None:
+    """Copy the links set aside by :func:`_set_aside_old_links` into the new table, in the
+    order the new time index likes, and drop the old one (one transaction with the rest of
+    the upgrade: all or nothing)."""
+    cur.execute(f"INSERT INTO ig_links ({_LINK_COLUMNS}) SELECT {_LINK_COLUMNS} FROM ig_links_v5"
+                " ORDER BY time, message_id, seq")
+    cur.execute("DROP TABLE ig_links_v5")
+
+
 def _one_line(exc: BaseException | None) -> str:
     """Driver messages span lines (libpq adds hints); an error message is one line."""
     return " ".join(str(exc).split())
@@ -542,10 +573,12 @@ class ReadTx:
                 found[(r[0], r[1])] = StoredLink(*r)
         return sorted(found.values(), key=lambda l: (l.time, l.message_id, l.seq))
 
-    def links_of_message(self, message_id: str) -> list[StoredLink]:
-        """The links one event made, in ``seq`` order."""
-        self.cur.execute(self.sql(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE message_id = ? ORDER BY seq"),
-                         (message_id,))
+    def links_of_message(self, message_id: str, time: int) -> list[StoredLink]:
+        """The links one event (its messageId and its registered time) made, in ``seq`` order."""
+        self.cur.execute(
+            self.sql(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE time = ? AND message_id = ? ORDER BY seq"),
+            (time, message_id),
+        )
         return [StoredLink(*r) for r in self.cur.fetchall()]
 
     def event_time(self, message_id: str) -> int | None:
@@ -669,16 +702,16 @@ class WriteTx(ReadTx):
     def count_duplicates(self, amount: int) -> None:
         self._lock["duplicates"] += amount
 
-    def update_link_outcomes(self, rows: list[tuple[str, str | None, int]]) -> None:
-        """rows: (outcome, reason, message_id, seq)."""
-        self._many("UPDATE ig_links SET outcome = ?, reason = ? WHERE message_id = ? AND seq = ?", rows)
+    def update_link_outcomes(self, rows: list[tuple[str, str | None, int, str, int]]) -> None:
+        """rows: (outcome, reason, time, message_id, seq)."""
+        self._many("UPDATE ig_links SET outcome = ?, reason = ? WHERE time = ? AND message_id = ? AND seq = ?", rows)
 
     # -- edits (unmerge, delete) ---------------------------------------------------------
 
-    def set_link_outcome(self, message_id: str, outcome: str, reason: str | None) -> None:
-        """Set the outcome of every link of one event."""
-        self.cur.execute(self.sql("UPDATE ig_links SET outcome = ?, reason = ? WHERE message_id = ?"),
-                         (outcome, reason, message_id))
+    def set_link_outcome(self, message_id: str, time: int, outcome: str, reason: str | None) -> None:
+        """Set the outcome of every link of one event (its messageId and registered time)."""
+        self.cur.execute(self.sql("UPDATE ig_links SET outcome = ?, reason = ? WHERE time = ? AND message_id = ?"),
+                         (outcome, reason, time, message_id))
 
     def erase_id(self, id_: str) -> list[str]:
         """Delete ``id_`` and every link touching it; return the messageIds of those links.

@@ -139,6 +139,8 @@ CONSISTENCY_QUERIES: dict[str, str] = {
     "a link whose source or target is not a stored ID":
         "SELECT l.message_id, l.seq FROM ig_links l WHERE NOT EXISTS (SELECT 1 FROM ig_ids i WHERE i.id = l.source)"
         " OR NOT EXISTS (SELECT 1 FROM ig_ids i WHERE i.id = l.target)",
+    "two links with one messageId and seq (the register must keep them unique)":
+        "SELECT message_id, seq FROM ig_links GROUP BY message_id, seq HAVING count(*) > 1",
     "a link whose event is not registered":
         "SELECT l.message_id, l.seq FROM ig_links l LEFT JOIN ig_events e ON e.message_id = l.message_id"
         " WHERE e.message_id IS NULL",

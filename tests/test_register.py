@@ -14,10 +14,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from helpers import linked_history, identify, profiles
+from test_importer import stored_links
 from identity_graph import IdentityGraph, MergeRules, UnknownEvent
 from identity_graph import batch, chunk, register
 from identity_graph.importer import import_events
 from identity_graph.register import register_key
+from identity_graph.schema import SCHEMA_VERSION
 
 
 def crowded_key(message_id: str, level: int = 0) -> int:
@@ -111,15 +113,84 @@ OLD_REGISTER = ("CREATE TABLE ig_events_old (message_id TEXT PRIMARY KEY, time B
 
 
 def make_old(url: str, layout: str) -> None:
-    """Turn a new graph's register back into the layout of schema 3 (WITHOUT ROWID) or 4."""
+    """Turn a new graph's register back into the layout of schema 3 (WITHOUT ROWID) or 4,
+    and its links into that of schema 5 and before."""
+    make_old_links(url, "4")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:
         conn.execute(text(OLD_REGISTER.format(layout=layout)))
         conn.execute(text("INSERT INTO ig_events_old SELECT message_id, time, type, tx, digest FROM ig_events"))
         conn.execute(text("DROP TABLE ig_events"))
         conn.execute(text("ALTER TABLE ig_events_old RENAME TO ig_events"))
-        conn.execute(text("UPDATE ig_meta SET value = '4' WHERE key = 'schema_version'"))
     engine.dispose()
+
+
+OLD_LINKS = ("CREATE TABLE ig_links_old (message_id TEXT NOT NULL, seq SMALLINT NOT NULL,"
+             " source VARCHAR(1024) NOT NULL, target VARCHAR(1024) NOT NULL, kind VARCHAR(8) NOT NULL,"
+             " event_type VARCHAR(16) NOT NULL, time BIGINT NOT NULL, outcome VARCHAR(8) NOT NULL,"
+             " reason VARCHAR(16), PRIMARY KEY (message_id, seq))")
+LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome, reason"
+
+
+def make_old_links(url: str, version: str) -> None:
+    """Turn a new graph's links back into the layout of schema 5 and before: keyed by
+    (messageId, seq), no time index."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(OLD_LINKS))
+        conn.execute(text(f"INSERT INTO ig_links_old ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM ig_links"))
+        conn.execute(text("DROP TABLE ig_links"))
+        conn.execute(text("ALTER TABLE ig_links_old RENAME TO ig_links"))
+        conn.execute(text("CREATE INDEX ix_ig_links_source ON ig_links (source)"))
+        conn.execute(text("CREATE INDEX ix_ig_links_target ON ig_links (target)"))
+        conn.execute(text(f"UPDATE ig_meta SET value = '{version}' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+
+def link_layout(g: IdentityGraph) -> tuple[set[str], bool]:
+    """The indexes of ``ig_links`` and whether it has a primary key."""
+    with g._store._connect() as conn:
+        if g._store.pg:
+            names = set(conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'ig_links'"
+            ).scalars())
+            keyed = conn.exec_driver_sql(
+                "SELECT count(*) FROM information_schema.table_constraints WHERE table_schema = current_schema()"
+                " AND table_name = 'ig_links' AND constraint_type = 'PRIMARY KEY'").scalar() > 0
+        else:
+            names = set(conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ig_links'").scalars())
+            keyed = any(r[5] for r in conn.exec_driver_sql("PRAGMA table_info(ig_links)"))
+        names.discard("ig_links_pkey")
+        return {n for n in names if not n.startswith("sqlite_autoindex")}, keyed
+
+
+def _plain(profiles: Any) -> list[tuple[str, list[str]]]:
+    return sorted((p.canonical, sorted(p.ids)) for p in profiles)
+
+
+def test_a_graph_made_before_schema_6_gets_its_links_copied_into_the_unkeyed_table(
+    graph_url: str, tmp_path: Path
+) -> None:
+    """The same events into a new graph and into one whose links are made old in between:
+    the same answers, unmerge included (it finds an event's links by their time)."""
+    events = history(11)
+    states = []
+    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (graph_url, True)):
+        with IdentityGraph(url) as g:
+            for e in events[:100]:
+                g.ingest(e)
+        if old:
+            make_old_links(url, "5")
+        with IdentityGraph(url) as g:  # opening it migrates
+            assert link_layout(g) == ({"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target"}, False)
+            statuses = [g.ingest(e).status for e in events]
+            linked = [e["messageId"] for e in events[:100] if e["type"] == "alias"]
+            edits = [(_plain(r.before), _plain(r.after)) for r in map(g.unmerge, linked[:3])]
+            edits.append(_plain(g.unmerge(linked[0], undo=True).after))
+            states.append((statuses, edits, profiles(g), stored_links(g), g.stats().events))
+    assert states[0] == states[1]
+    assert len(states[0][3]) > 50
 
 
 @pytest.mark.parametrize("keys", ["blake2b", "crowded"])
@@ -155,7 +226,8 @@ def check_migration(url_old: str, tmp_path: Path, layout: str) -> None:
                 columns = list(conn.exec_driver_sql("SELECT * FROM ig_events LIMIT 1").keys())
                 version = conn.exec_driver_sql("SELECT value FROM ig_meta WHERE key = 'schema_version'").scalar()
                 keyed = conn.exec_driver_sql("SELECT count(*) FROM ig_events WHERE key IS NOT NULL").scalar()
-            assert "key" in columns and version == "5"
+            assert "key" in columns and version == SCHEMA_VERSION
+            assert link_layout(g) == ({"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target"}, False)
             states.append((first, rest, profiles(g), g.stats().events, keyed))
     assert states[0] == states[1]
     assert states[0][3] == states[0][4] > 100
