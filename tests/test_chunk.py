@@ -237,9 +237,9 @@ def test_import_into_an_existing_graph_reads_it_whole_once(
 
 
 def test_a_chunk_survives_the_pipe() -> None:
-    """What the parse worker sends: the fall-back's events come back exactly, also from a
-    file whose name is not UTF-8 (JSON cannot carry it; pickle can), through the worker's
-    own memo-less pickling."""
+    """What the parse worker sends: the fall-back's events and the register rows (as
+    MessagePack) come back exactly, also from a file whose name is not UTF-8 (JSON cannot
+    carry it; pickle can), through the worker's own memo-less pickling."""
     import pickle
 
     from identity_graph.importer import _dumps
