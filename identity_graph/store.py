@@ -143,8 +143,9 @@ class Store:
                 if self.pg:
                     # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
-                # A register made before schema 5 is copied into the keyed layout first (the
-                # copy makes the new table), in this same transaction: all or nothing.
+                # A register made before schema 5 is copied into the keyed layout, and links
+                # made before schema 6 into the unkeyed table (each copy makes its new table),
+                # in this same transaction: all or nothing.
                 cur = conn.connection.cursor()
                 try:
                     old_links = _set_aside_old_links(cur, self.pg)
