@@ -16,7 +16,8 @@ and only the key's index (key + rowid, about half the row) takes the random writ
 1M-event import writes about half the bytes, and a second month into a graph that holds
 the first costs 2.8 s less (measured with 16 KB pages: the register 7.7 -> 6.7 s, the
 links 5.3 -> 3.5 s); a lookup by messageId reads one page more. Graphs made before keep
-their layout, which every query here works with just the same.
+their layout, which every query here works with just the same. (Schema 6 then drops the
+links' key index altogether: see below.)
 
 Schema 5 finds the register's rows by a 64-bit key instead of the messageId (see
 :mod:`identity_graph.register`); a graph made before gets its register copied into that
