@@ -189,35 +189,35 @@ class IdentityGraph:
             summary,
         )
 
-    def apply_chunks(
-        self, next_chunk: Callable[[], "Chunk | None"], summary: IngestSummary
-    ) -> list[tuple["Chunk", list[Plan]]]:
+    def apply_chunks(self, chunks: Iterable["Chunk"], summary: IngestSummary) -> list[tuple["Chunk", list[Plan]]]:
         """Apply an import's chunks (:class:`~identity_graph.chunk.Chunk`) in one transaction, counting
         into ``summary`` as :meth:`apply_counted` does (``summary.events`` is the caller's).
 
-        ``next_chunk`` is called inside the transaction for one chunk after another until it
-        returns None, so the writer applies a chunk while the next one is still being parsed.
-        A retried transaction applies the chunks it took again and only then asks for more
-        (so once it has returned None, ``next_chunk`` must go on returning None). If it
+        ``chunks`` is read inside the transaction, one chunk at a time, so the writer applies
+        a chunk while the next one is still being parsed (a generator suits it). A retried
+        transaction applies the chunks it took again and only then reads on. If reading
         raises, the transaction is rolled back.
         Returns each chunk taken with the plans of its events that re-used an earlier
         messageId with other content (their ``origin`` is relative to that chunk).
         """
         from .batch import BatchCounts, apply_chunk
 
-        taken: list[Chunk] = []
+        pending = iter(chunks)
+        taken: list[Chunk] = []  # kept to the commit: what a retry applies again
 
         def run(tx: Any) -> list[tuple[Chunk, IngestSummary, BatchCounts]]:
             done = []
-            while True:
-                if len(done) == len(taken):
-                    pulled = next_chunk()
-                    if pulled is None:
-                        return done
-                    taken.append(pulled)
-                chunk = taken[len(done)]
+
+            def apply(chunk: Chunk) -> None:
                 counts = BatchCounts()
                 done.append((chunk, apply_chunk(tx, self.rules, self._cache, chunk, counts), counts))
+
+            for chunk in list(taken):  # a retry: what the failed attempt had taken
+                apply(chunk)
+            for chunk in pending:
+                taken.append(chunk)
+                apply(chunk)
+            return done
 
         out = []
         for chunk, counted, counts in self._store.run_write(run):

@@ -260,7 +260,7 @@ def _import(
         # not held while the parsing starts, and an input without events writes nothing.
         first = take()
         while first is not None:
-            for chunk, conflicting in graph.apply_chunks(_Batch(first, batch_size, take).next, summary):
+            for chunk, conflicting in graph.apply_chunks(_batch(first, batch_size, take), summary):
                 _report_conflicts(chunk, conflicting, report)
             first = take()
         if stop:
@@ -271,29 +271,15 @@ def _import(
         chunks.close()
 
 
-class _Batch:
+def _batch(first: Chunk, size: int, take: Callable[[], Chunk | None]) -> Iterator[Chunk]:
     """The chunks of one transaction: ``first``, then more from ``take`` while fewer than
     ``size`` events are taken, so a batch ends at the first chunk boundary at or past
-    ``size`` (chunks are at most ``CHUNK_EVENTS``), or where ``take`` ends. Once
-    :meth:`next` has said None it goes on saying it, as a retried transaction needs (see
-    :meth:`IdentityGraph.apply_chunks`)."""
-
-    def __init__(self, first: Chunk, size: int, take: Callable[[], Chunk | None]) -> None:
-        self._first: Chunk | None = first
-        self._left = size
-        self._take = take
-        self._ended = False
-
-    def next(self) -> Chunk | None:
-        chunk = None
-        if not self._ended and self._left > 0:
-            chunk = self._first if self._first is not None else self._take()
-            self._first = None
-        if chunk is None:
-            self._ended = True
-            return None
-        self._left -= len(chunk)
-        return chunk
+    ``size`` (chunks are at most ``CHUNK_EVENTS``), or where ``take`` ends."""
+    chunk: Chunk | None = first
+    while chunk is not None:
+        yield chunk
+        size -= len(chunk)
+        chunk = take() if size > 0 else None
 
 
 def _parse(
