@@ -210,14 +210,18 @@ def check_crash_recovery(url: str, reference_url: str, path: Path, events: list[
                     while proc.poll() is None and time.monotonic() < until and count() == before:
                         time.sleep(0.005)
                 else:
-                    # A few batches short of the end, and at least one more batch than
-                    # before, whatever: a kill that only re-reads what landed is a start-up
-                    # kill (once earlier kills had landed late, the cap alone could put the
-                    # target at what was already there).
-                    target = max(min(moment.share * ref.total, ref.total - 3 * BATCH), before + 1)
+                    # At least one more batch than before (a kill that only re-reads what
+                    # landed is a start-up kill), and a few batches short of the end.
+                    target = min(max(moment.share * ref.total, before + 1), ref.total - 3 * BATCH)
+                    jitter = moment.jitter
+                    if target <= before:
+                        # Earlier kills landed late and left no room before the cap: kill as
+                        # soon as the next batch lands (waiting past the cap may let the run
+                        # finish, and killing now would only be a start-up kill).
+                        target, jitter = before + 1, 0.0
                     while proc.poll() is None and count() < target:
                         time.sleep(0.005)
-                    time.sleep(moment.jitter * ref.batch_time)
+                    time.sleep(jitter * ref.batch_time)
                 alive = proc.poll() is None
                 if alive:
                     proc.send_signal(signal.SIGKILL)
