@@ -6,7 +6,7 @@ nearly every page of the index that finds them. An index entry of a 64-bit integ
 about 18 bytes against about 46 for a 36-character UUID, so that index has some 2.5x
 fewer pages to rewrite and compares integers instead of strings. Measured on its own,
 1M UUIDs in commits of 100k (16 KB pages): 6.3 s as a text key, 3.1-4.1 s as an integer
-key; the key itself (``blake2b``, ~0.8 us) is computed where the events are parsed.
+key; the key itself (xxh3, ~0.2 us) is computed where the events are parsed.
 
 Exact all the same: two messageIds may share a key. A messageId's key is the first free
 one along its probe sequence ``register_key(m, 0), register_key(m, 1), ...`` (open
@@ -23,8 +23,9 @@ messageId's events) need no database.
 
 from __future__ import annotations
 
-from hashlib import blake2b
 from typing import Any, Callable
+
+from xxhash import xxh3_64_intdigest
 
 #: A register row as the writer gets it: (messageId, time, type, digest, key).
 Row = tuple[str, int, str, "int | None", int]
@@ -35,25 +36,20 @@ _MIGRATE_BATCH = 50_000
 
 def register_key(message_id: str, level: int = 0) -> int:
     """The ``level``-th key of ``message_id``'s probe sequence: a signed 64-bit integer,
-    the same in every process (unlike ``hash``).
+    the same in every process (unlike ``hash``): the 64-bit XXH3 of its UTF-8, seeded
+    with ``level``.
 
     >>> register_key("m1") == register_key("m1"), register_key("m1") == register_key("m1", 1)
     (True, False)
     >>> -2**63 <= register_key("ajs-2f1e") < 2**63
     True
+
+    A stored format: schema 7 made it XXH3 (blake2b before, ~0.5 us more a key, once
+    per event of an import); opening an older graph gives its register these keys (see
+    :meth:`Register.migrate`).
     """
-    data = message_id.encode("utf-8", "surrogatepass")
-    if level:
-        h = blake2b(data, digest_size=8, salt=level.to_bytes(8, "big"))
-    else:
-        # A copy of a made hasher, not a new one: its keyword arguments cost ~90 of ~460 ns,
-        # once per event of an import. The same hash: stored keys stay valid.
-        h = _LEVEL_0.copy()
-        h.update(data)
-    return int.from_bytes(h.digest(), "big", signed=True)
-
-
-_LEVEL_0 = blake2b(digest_size=8)
+    v = xxh3_64_intdigest(message_id.encode("utf-8", "surrogatepass"), level)
+    return v - ((v >> 63) << 64)  # as signed: both databases' BIGINT
 
 
 class Register:
@@ -183,32 +179,47 @@ class Register:
             self.cur.executemany(self.sql("UPDATE ig_events SET digest = NULL WHERE key = ?"), keys)
 
     def migrate(self, create: Callable[[], None]) -> bool:
-        """Give a register made before schema 5 (keyed by the messageId) its keys; False if
-        there was nothing to do (no register yet, or one with keys).
+        """Give a register made before schema 7 this module's keys; False if there was
+        nothing to do (no register yet, or one of schema 7 or later).
 
-        The old table is renamed, ``create`` makes the new one, and every row is copied into it
-        through :meth:`claim`, by batches in messageId order (the old key's order). Every
+        Before schema 5 the register was keyed by the messageId; schemas 5 and 6 keyed it
+        by a blake2b hash (their key index is ``ux_ig_events_key``; schema 7's, over XXH3
+        keys, has another name). The old table is renamed, ``create`` makes the new one,
+        and every row is copied into it through :meth:`claim`, streamed in batches. Every
         copied row gets transaction number 0, which no later transaction has (they count
         from 1), so each stays "registered before" for every later claim.
         """
         columns = self._columns()
-        if not columns or "key" in columns:
+        if not columns:
             return False
-        self.cur.execute("ALTER TABLE ig_events RENAME TO ig_events_v4")
+        if "key" in columns:
+            if not self._has_index("ux_ig_events_key"):
+                return False
+            self.cur.execute("DROP INDEX ux_ig_events_key")  # the old keys' index
+        self.cur.execute("ALTER TABLE ig_events RENAME TO ig_events_old")
         create()
-        last: str | None = None
-        while True:
-            after = "" if last is None else self.sql(" WHERE message_id > ?")
-            self.cur.execute("SELECT message_id, time, type, digest FROM ig_events_v4" + after
-                             + f" ORDER BY message_id LIMIT {_MIGRATE_BATCH}", () if last is None else (last,))
-            batch = self.cur.fetchall()
-            if not batch:
-                break
-            rows = sorted(((m, t, ty, d, register_key(m)) for m, t, ty, d in batch), key=lambda r: r[4])
-            self.claim(rows, 0, staged=last is not None)  # several claims in one transaction
-            last = batch[-1][0]
-        self.cur.execute("DROP TABLE ig_events_v4")
+        # A second cursor streams the old rows while this one claims them (server-side on
+        # PostgreSQL): a register of any size is copied in bounded memory.
+        conn = self.cur.connection
+        reader = conn.cursor(name="ig_events_old") if self.pg else conn.cursor()
+        try:
+            reader.execute("SELECT message_id, time, type, digest FROM ig_events_old")
+            claimed = False
+            while batch := reader.fetchmany(_MIGRATE_BATCH):
+                rows = sorted(((m, t, ty, d, register_key(m)) for m, t, ty, d in batch), key=lambda r: r[4])
+                self.claim(rows, 0, staged=claimed)  # several claims in one transaction
+                claimed = True
+        finally:
+            reader.close()
+        self.cur.execute("DROP TABLE ig_events_old")
         return True
+
+    def _has_index(self, name: str) -> bool:
+        if self.pg:
+            self.cur.execute("SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = %s", (name,))
+        else:
+            self.cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+        return self.cur.fetchone() is not None
 
     def _columns(self) -> set[str]:
         """The register table's columns (none: there is no register table yet)."""

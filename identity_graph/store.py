@@ -66,7 +66,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '6'
+    '7'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -143,7 +143,7 @@ class Store:
                 if self.pg:
                     # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
-                # A register made before schema 5 is copied into the keyed layout, and links
+                # A register made before schema 7 is copied under XXH3 keys, and links
                 # made before schema 6 into the unkeyed table (each copy makes its new table),
                 # in this same transaction: all or nothing.
                 cur = conn.connection.cursor()

@@ -234,13 +234,80 @@ def check_migration(url_old: str, tmp_path: Path, layout: str) -> None:
     assert set(states[0][1][:100]) == {"duplicate", "conflict"}  # the messageIds re-used with other content
 
 
-def test_a_first_key_is_the_blake2b_of_the_message_id() -> None:
-    """The stored format: graphs written before hold these keys, so the function may get
-    faster but never different."""
-    import hashlib
+def test_a_key_is_the_signed_xxh3_of_the_message_id() -> None:
+    """The stored format: graphs written since schema 7 hold these keys, so the function
+    may get faster but never different (a new scheme needs a migration: see the next test)."""
+    import xxhash
 
     for m in ["m1", "0f8fad5b-d9cb-469f-a165-70867728950e", "é", "caf\udce9", ""]:
-        digest = hashlib.blake2b(m.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        assert register_key(m) == int.from_bytes(digest, "big", signed=True)
-        salted = hashlib.blake2b(m.encode("utf-8", "surrogatepass"), digest_size=8, salt=(2).to_bytes(8, "big"))
-        assert register_key(m, 2) == int.from_bytes(salted.digest(), "big", signed=True)
+        for level in (0, 2):
+            v = xxhash.xxh3_64(m.encode("utf-8", "surrogatepass"), seed=level).digest()
+            assert register_key(m, level) == int.from_bytes(v, "big", signed=True)
+    assert register_key("") == 0x2D06800538D394C2  # XXH3_64bits of no input, seed 0: the reference test vector
+
+
+def blake2b_key(message_id: str, level: int = 0) -> int:
+    """The register key of schemas 5 and 6."""
+    import hashlib
+
+    data = message_id.encode("utf-8", "surrogatepass")
+    salt = {"salt": level.to_bytes(8, "big")} if level else {}
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, **salt).digest(), "big", signed=True)
+
+
+def make_blake2b_register(url: str) -> None:
+    """Give a new graph's register the keys and key index of schemas 5 and 6."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT message_id FROM ig_events")).scalars().all()
+        conn.execute(text("DROP INDEX ux_ig_events_xxh3"))
+        for m in rows:
+            conn.execute(text("UPDATE ig_events SET key = :k WHERE message_id = :m"), {"k": blake2b_key(m), "m": m})
+        conn.execute(text("CREATE UNIQUE INDEX ux_ig_events_key ON ig_events (key)"))
+        conn.execute(text("UPDATE ig_meta SET value = '6' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+
+def register_keys(g: IdentityGraph) -> dict[str, int]:
+    with g._store._connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT message_id, key FROM ig_events").all())
+
+
+@pytest.mark.parametrize("keys", ["xxh3", "crowded"])
+def test_a_register_of_blake2b_keys_gets_the_new_keys_when_opened(
+    graph_url: str, tmp_path: Path, keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema-6 graph (blake2b keys) and a new one, given the same events: the same
+    answers after the upgrade; every messageId found under its new key, none lost."""
+    monkeypatch.setattr(register, "_MIGRATE_BATCH", 7)  # many batches from the streamed copy
+    events = history(5)
+    states = []
+    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (graph_url, True)):
+        with IdentityGraph(url) as g:
+            first = [g.ingest(e).status for e in events[:100]]
+            before = register_keys(g)
+        if old:
+            make_blake2b_register(url)
+            if keys == "crowded":  # from here on: the new keys collide, many levels deep
+                crowd(monkeypatch)
+        with IdentityGraph(url) as g:  # opening it migrates
+            after = register_keys(g)
+            rest = [g.ingest(e).status for e in events]  # the first 100 again: nothing new
+            linked = next(e["messageId"] for e in events[:100] if e["type"] == "alias")
+            g.unmerge(linked)  # found under its new key
+            with g._store._connect() as conn:
+                version = conn.exec_driver_sql("SELECT value FROM ig_meta WHERE key = 'schema_version'").scalar()
+                tx = {t for m, t in conn.exec_driver_sql("SELECT message_id, tx FROM ig_events") if m in before}
+            assert version == SCHEMA_VERSION
+            if old:
+                assert set(after) == set(before) and tx == {0}
+                if keys == "xxh3":
+                    assert all(after[m] == register_key(m) != blake2b_key(m) for m in after)
+                else:
+                    assert sorted(after.values()) == sorted(set(after.values()))
+                    assert max(after.values()) >= 8  # sequences went past their first levels
+            states.append((first, rest, profiles(g), g.stats().events))
+        monkeypatch.undo()
+        monkeypatch.setattr(register, "_MIGRATE_BATCH", 7)
+    assert states[0] == states[1]
+    assert set(states[0][1][:100]) == {"duplicate", "conflict"}
