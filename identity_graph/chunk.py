@@ -192,36 +192,43 @@ class ChunkBuilder:
         return bool(value.strip()) and value.casefold() not in self._blocked
 
     def add(self, event: Event, origin: Any) -> None:
-        # Written out (fields unpacked once): it runs for every event of an import.
+        # Written out (fields unpacked once, no call for a long ID's block test): it runs
+        # for every event of an import.
         fields = tuple(event)
         type_, mid, time, user, anon, prev = fields
         chunk = self._chunk
-        first = self._seen.get(mid)
+        seen = self._seen
+        first = seen.get(mid)
         if first is not None:
             chunk.repeats.append((fields, origin))
             chunk.held[mid] = first
             return
         ids = (user, anon, prev)
-        digest = self._digests.get(ids)
+        digests = self._digests
+        digest = digests.get(ids)
         if digest is None:
-            if len(self._digests) >= _DIGESTS_KEPT:
-                self._digests.clear()
-            digest = self._digests[ids] = event_digest(event)
-        self._seen[mid] = row = (mid, time, type_, digest, register_key(mid))
+            if len(digests) >= _DIGESTS_KEPT:
+                digests.clear()
+            digest = digests[ids] = event_digest(event)
+        seen[mid] = row = (mid, time, type_, digest, register_key(mid))
         chunk.register.append(row)
-        kept = self._kept
-        if user is not None and kept(user):
+        longest = self._longest
+        if user is not None and (not user.isspace() if len(user) > longest else self._kept(user)):
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
         chunk.others.append((fields, origin))
-        lone = chunk.lone
         found = False
-        for value in (prev, anon):
-            if value is not None and kept(value):
-                found = True
-                if time < lone.get(value, time + 1):
-                    lone[value] = time
+        if prev is not None and (not prev.isspace() if len(prev) > longest else self._kept(prev)):
+            found = True
+            lone = chunk.lone
+            if time < lone.get(prev, time + 1):
+                lone[prev] = time
+        if anon is not None and (not anon.isspace() if len(anon) > longest else self._kept(anon)):
+            found = True
+            lone = chunk.lone
+            if time < lone.get(anon, time + 1):
+                lone[anon] = time
         if found:
             chunk.lone_events += 1
         else:
