@@ -5,6 +5,7 @@ Imports stay lazy where they cost start-up time: a lookup must be a fast process
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import IO, Any
 
@@ -14,9 +15,25 @@ from . import __version__
 from .errors import IdentityGraphError
 
 
+class _Notes(logging.Handler):
+    """The library's notes (INFO: a graph upgraded when opened) as lines of the command's
+    stderr; looked up when written, so that a test runner's swapped stream gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"identity-graph: {record.getMessage()}", err=True)
+
+
+_NOTES = _Notes(logging.INFO)
+
+
 def _open(ctx: click.Context) -> Any:
     from .graph import IdentityGraph
 
+    logger = logging.getLogger("identity_graph")
+    if _NOTES not in logger.handlers:
+        logger.addHandler(_NOTES)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
     try:
         graph = IdentityGraph(ctx.obj["db"])
     except IdentityGraphError as exc:

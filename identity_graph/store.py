@@ -147,15 +147,22 @@ class Store:
                 # made before schema 6 into the unkeyed table (each copy makes its new table),
                 # in this same transaction: all or nothing.
                 cur = conn.connection.cursor()
+                started = _time.perf_counter()
                 try:
                     old_links = _set_aside_old_links(cur, self.pg)
-                    Register(cur, _Sql(self.pg)).migrate(lambda: metadata.create_all(conn))
+                    old_register = Register(cur, _Sql(self.pg)).migrate(lambda: metadata.create_all(conn))
                     metadata.create_all(conn)
                     if old_links:
                         _copy_old_links(cur)
                 finally:
                     cur.close()
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
+                if old_register or old_links:
+                    # An upgrade of a large graph takes seconds per million events: said, not printed.
+                    log.info("upgraded the graph from schema %s to %s (%s) in %.1f s",
+                             existing.get("schema_version", "?"), SCHEMA_VERSION,
+                             " and ".join(what for what, done in (("register", old_register), ("links", old_links))
+                                          if done), _time.perf_counter() - started)
                 rows = [
                     {"key": k, "value": v}
                     for k, v in (("schema_version", SCHEMA_VERSION), ("lock", json.dumps(_NEW_LOCK)))

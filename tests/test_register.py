@@ -3,6 +3,7 @@ before schema 5 copied into that layout when first opened."""
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import zlib
@@ -275,7 +276,7 @@ def register_keys(g: IdentityGraph) -> dict[str, int]:
 
 @pytest.mark.parametrize("keys", ["xxh3", "crowded"])
 def test_a_register_of_blake2b_keys_gets_the_new_keys_when_opened(
-    graph_url: str, tmp_path: Path, keys: str, monkeypatch: pytest.MonkeyPatch
+    graph_url: str, tmp_path: Path, keys: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A schema-6 graph (blake2b keys) and a new one, given the same events: the same
     answers after the upgrade; every messageId found under its new key, none lost."""
@@ -290,7 +291,13 @@ def test_a_register_of_blake2b_keys_gets_the_new_keys_when_opened(
             make_blake2b_register(url)
             if keys == "crowded":  # from here on: the new keys collide, many levels deep
                 crowd(monkeypatch)
-        with IdentityGraph(url) as g:  # opening it migrates
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="identity_graph.store"):
+            g = IdentityGraph(url)  # opening it migrates
+        upgraded = [r.getMessage() for r in caplog.records if r.name == "identity_graph.store"]
+        assert [m.split(" in ")[0] for m in upgraded] == (
+            [f"upgraded the graph from schema 6 to {SCHEMA_VERSION} (register)"] if old else [])
+        with g:
             after = register_keys(g)
             rest = [g.ingest(e).status for e in events]  # the first 100 again: nothing new
             linked = next(e["messageId"] for e in events[:100] if e["type"] == "alias")
@@ -311,3 +318,21 @@ def test_a_register_of_blake2b_keys_gets_the_new_keys_when_opened(
         monkeypatch.setattr(register, "_MIGRATE_BATCH", 7)
     assert states[0] == states[1]
     assert set(states[0][1][:100]) == {"duplicate", "conflict"}
+
+
+def test_the_command_line_says_when_it_upgraded_a_graph(tmp_path: Path) -> None:
+    """A real process on a schema-6 graph: one stderr line says what was upgraded, once."""
+    import re
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with IdentityGraph(url) as g:
+        g.ingest(identify(1, "m1", user="u1", anon="a1"))
+    make_blake2b_register(url)
+    runs = [subprocess.run([sys.executable, "-m", "identity_graph", "--db", url, "lookup", "a1"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0] and runs[0].stdout == runs[1].stdout != ""
+    assert re.fullmatch(rf"identity-graph: upgraded the graph from schema 6 to {SCHEMA_VERSION} \(register\)"
+                        r" in \d+\.\d s\n", runs[0].stderr), runs[0].stderr
+    assert runs[1].stderr == ""
