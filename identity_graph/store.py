@@ -133,10 +133,18 @@ class Store:
 
     def _initialise(self) -> None:
         try:
-            if self.read_meta("schema_version") == SCHEMA_VERSION:
-                return
+            stored = self.read_meta("schema_version")
         except StoreError:
-            pass  # no tables yet (or a failed read: creating the tables will tell)
+            stored = None  # no tables yet (or a failed read: creating the tables will tell)
+        if stored == SCHEMA_VERSION:
+            return
+        if stored is not None and stored.isdigit() and int(stored) > int(SCHEMA_VERSION):
+            # An older version would read a newer layout wrongly (schema 7 changed the
+            # register's keys: messageIds seen before would look new), so it does not try.
+            raise StoreError(
+                f"the graph in {self.engine.url!r} was written by a newer identity-graph (schema {stored};"
+                f" this one knows schema {SCHEMA_VERSION}): upgrade identity-graph to open it"
+            )
 
         try:
             with self._connect(write=True) as conn, conn.begin():

@@ -336,3 +336,26 @@ def test_the_command_line_says_when_it_upgraded_a_graph(tmp_path: Path) -> None:
     assert re.fullmatch(rf"identity-graph: upgraded the graph from schema 6 to {SCHEMA_VERSION} \(register\)"
                         r" in \d+\.\d s\n", runs[0].stderr), runs[0].stderr
     assert runs[1].stderr == ""
+
+
+def test_a_graph_of_a_newer_schema_is_refused_and_left_as_it_is(graph_url: str, tmp_path: Path) -> None:
+    """Opening it would mean reading a layout this version does not know (an older one
+    would have taken schema 7's keys for its own and re-applied every event)."""
+    from identity_graph import StoreError
+
+    with IdentityGraph(graph_url) as g:
+        g.ingest(identify(1, "m1", user="u1", anon="a1"))
+        where = repr(g._store.engine.url)
+    newer = str(int(SCHEMA_VERSION) + 1)
+    engine = create_engine(graph_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE ig_meta SET value = '{newer}' WHERE key = 'schema_version'"))
+    with pytest.raises(StoreError) as caught:
+        IdentityGraph(graph_url)
+    assert str(caught.value) == (
+        f"the graph in {where} was written by a newer identity-graph (schema {newer};"
+        f" this one knows schema {SCHEMA_VERSION}): upgrade identity-graph to open it")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT value FROM ig_meta WHERE key = 'schema_version'")).scalar() == newer
+        assert conn.execute(text("SELECT count(*) FROM ig_events")).scalar() == 1
+    engine.dispose()
