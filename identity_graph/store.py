@@ -92,7 +92,11 @@ class Store:
         if self.dialect == "sqlite":
             self._configure_sqlite(busy_timeout)
         self._writer: Any = None  # the pooled DBAPI connection writes go through
-        self._initialise()
+        try:
+            self._initialise()
+        except BaseException:
+            self.engine.dispose()  # the caller gets no store to close: its connections go now
+            raise
 
     # -- connection setup -------------------------------------------------------------
 
