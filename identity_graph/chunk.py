@@ -192,8 +192,7 @@ class ChunkBuilder:
         return bool(value.strip()) and value.casefold() not in self._blocked
 
     def add(self, event: Event, origin: Any) -> None:
-        # Written out (fields unpacked once, no call for a long ID's block test): it runs
-        # for every event of an import.
+        # Written out (fields unpacked once): it runs for every event of an import.
         fields = tuple(event)
         type_, mid, time, user, anon, prev = fields
         chunk = self._chunk
@@ -212,23 +211,19 @@ class ChunkBuilder:
             digest = digests[ids] = event_digest(event)
         seen[mid] = row = (mid, time, type_, digest, register_key(mid))
         chunk.register.append(row)
-        longest = self._longest
-        if user is not None and (not user.isspace() if len(user) > longest else self._kept(user)):
+        kept = self._kept
+        if user is not None and kept(user):
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
         chunk.others.append((fields, origin))
+        lone = chunk.lone
         found = False
-        if prev is not None and (not prev.isspace() if len(prev) > longest else self._kept(prev)):
-            found = True
-            lone = chunk.lone
-            if time < lone.get(prev, time + 1):
-                lone[prev] = time
-        if anon is not None and (not anon.isspace() if len(anon) > longest else self._kept(anon)):
-            found = True
-            lone = chunk.lone
-            if time < lone.get(anon, time + 1):
-                lone[anon] = time
+        for value in (prev, anon):
+            if value is not None and kept(value):
+                found = True
+                if time < lone.get(value, time + 1):
+                    lone[value] = time
         if found:
             chunk.lone_events += 1
         else:

@@ -54,7 +54,7 @@ def register_key(message_id: str, level: int = 0) -> int:
 
 class Register:
     """The register's statements on one DBAPI cursor; ``sql`` is the store's ``_Sql`` (it
-    turns ``?`` into the dialect's marks and writes ``IN`` lists)."""
+    turns ``?`` into the dialect's marks, writes ``IN`` lists and lists a table's indexes)."""
 
     def __init__(self, cur: Any, sql: Any) -> None:
         self.cur = cur
@@ -193,7 +193,7 @@ class Register:
         if not columns:
             return False
         if "key" in columns:
-            if not self._has_index("ux_ig_events_key"):
+            if "ux_ig_events_key" not in self.sql.index_names(self.cur, "ig_events"):
                 return False
             self.cur.execute("DROP INDEX ux_ig_events_key")  # the old keys' index
         self.cur.execute("ALTER TABLE ig_events RENAME TO ig_events_old")
@@ -213,13 +213,6 @@ class Register:
             reader.close()
         self.cur.execute("DROP TABLE ig_events_old")
         return True
-
-    def _has_index(self, name: str) -> bool:
-        if self.pg:
-            self.cur.execute("SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = %s", (name,))
-        else:
-            self.cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
-        return self.cur.fetchone() is not None
 
     def _columns(self) -> set[str]:
         """The register table's columns (none: there is no register table yet)."""

@@ -159,22 +159,23 @@ class Store:
                 # made before schema 6 into the unkeyed table (each copy makes its new table),
                 # in this same transaction: all or nothing.
                 cur = conn.connection.cursor()
+                sql = _Sql(self.pg)
                 started = _time.perf_counter()
                 try:
-                    old_links = _set_aside_old_links(cur, self.pg)
-                    old_register = Register(cur, _Sql(self.pg)).migrate(lambda: metadata.create_all(conn))
+                    old_links = _set_aside_old_links(cur, sql)
+                    old_register = Register(cur, sql).migrate(lambda: metadata.create_all(conn))
                     metadata.create_all(conn)
                     if old_links:
                         _copy_old_links(cur)
                 finally:
                     cur.close()
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
-                if old_register or old_links:
+                upgraded = [what for what, done in (("register", old_register), ("links", old_links)) if done]
+                if upgraded:
                     # An upgrade of a large graph takes seconds per million events: said, not printed.
                     log.info("upgraded the graph from schema %s to %s (%s) in %.1f s",
-                             existing.get("schema_version", "?"), SCHEMA_VERSION,
-                             " and ".join(what for what, done in (("register", old_register), ("links", old_links))
-                                          if done), _time.perf_counter() - started)
+                             existing.get("schema_version", "?"), SCHEMA_VERSION, " and ".join(upgraded),
+                             _time.perf_counter() - started)
                 rows = [
                     {"key": k, "value": v}
                     for k, v in (("schema_version", SCHEMA_VERSION), ("lock", json.dumps(_NEW_LOCK)))
@@ -432,16 +433,12 @@ class Store:
 _NEW_LOCK = {"generation": "new", "next_profile_id": 1, "duplicates": 0}
 
 
-def _set_aside_old_links(cur: Any, pg: bool) -> bool:
+def _set_aside_old_links(cur: Any, sql: _Sql) -> bool:
     """Rename a links table made before schema 6 (keyed by (messageId, seq), no time index)
     to ``ig_links_v5``, for :func:`_copy_old_links` once the new one exists; False when
     there is none (no graph yet, or a new one). Its indexes go first: the new table's
     take their names."""
-    if pg:
-        cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'ig_links'")
-    else:
-        cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ig_links'")
-    indexes = {r[0] for r in cur.fetchall()}
+    indexes = sql.index_names(cur, "ig_links")
     if not indexes or "ix_ig_links_time" in indexes:
         return False  # every links table ever made had indexes: none means no table
     for name in ("ix_ig_links_source", "ix_ig_links_target"):
@@ -505,6 +502,15 @@ class _Sql:
         if self.pg:
             return f"{column} = ANY(%s)", [values]
         return f"{column} IN ({','.join('?' * len(values))})", values
+
+    def index_names(self, cur: Any, table: str) -> set[str]:
+        """The names of ``table``'s indexes (an upgrade tells a table's schema by them)."""
+        if self.pg:
+            cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
+                        (table,))
+        else:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,))
+        return {r[0] for r in cur.fetchall()}
 
 
 _LOAD_IDS = (
