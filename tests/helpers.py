@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 from typing import Any
 
-from identity_graph import IdentityGraph
+from identity_graph import IdentityGraph, pipe
 
 
 def ev(type_: str, t: int, msg: str, **fields: Any) -> dict[str, Any]:
@@ -60,3 +62,32 @@ def profiles(graph: IdentityGraph) -> set[tuple[str, frozenset[str]]]:
 
 def P(canonical: str, *others: str) -> tuple[str, frozenset[str]]:
     return (canonical, frozenset((canonical, *others)))
+
+
+def through_pipe(*messages: Any, close_after: bytes | None = None) -> list[Any]:
+    """Send ``messages`` from a thread (a large one fills the pipe before it is read), then
+    write ``close_after`` raw if given, close, and receive until the end."""
+    r, w = os.pipe()
+
+    def writer() -> None:
+        try:
+            for message in messages:
+                pipe.send(w, message)
+            if close_after is not None:
+                os.write(w, close_after)
+        finally:
+            os.close(w)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    inbox = pipe.Inbox(r)
+    got: list[Any] = []
+    try:
+        while True:
+            try:
+                got.append(inbox.receive())
+            except EOFError:
+                return got
+    finally:
+        thread.join()
+        os.close(r)

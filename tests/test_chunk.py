@@ -239,17 +239,15 @@ def test_import_into_an_existing_graph_reads_it_whole_once(
 def test_a_chunk_survives_the_pipe() -> None:
     """What the parse worker sends: the fall-back's events and the register rows (as
     MessagePack) come back exactly, also from a file whose name is not UTF-8 (JSON cannot
-    carry it; pickle can), through the worker's own memo-less pickling."""
-    import pickle
-
-    from identity_graph.importer import _dumps
+    carry it; pickle can), through the worker's own memo-less pickling and framing."""
+    from helpers import through_pipe
 
     for source in ("events.jsonl", "caf\udce9.jsonl"):
         b = ChunkBuilder(MergeRules())
         for n, e in enumerate(HISTORY, 1):
             b.add(parse_event(e), (source, n, None))
         c = b.take()
-        kind, (sent, issues) = pickle.loads(_dumps(("chunk", (c, []))))
+        [(kind, (sent, issues))] = through_pipe(("chunk", (c, [])))
         assert (kind, issues) == ("chunk", [])
         assert sent.all_plans(MergeRules()) == c.all_plans(MergeRules())
         assert (sent.register, sent.planned, sent.lone, sent.held, sent.repeats, sent.blocked) == (
