@@ -453,15 +453,15 @@ def _parse_in_worker(
             sender.close()
             receivers.append(receiver)
             processes.append(process)
-        inboxes = [pipe.Inbox(receiver.fileno()) for receiver in receivers]
+        inbox = pipe.Inbox()
         lines_before: dict[str, int] = {}  # a file's lines in the ranges taken so far
         for n, unit in enumerate(units):
-            inbox, process = inboxes[n % workers], processes[n % workers]
+            fd, process = receivers[n % workers].fileno(), processes[n % workers]
             path = unit.source.path
             offset = 0 if unit.end is None else lines_before.get(path, 0)
             while True:
                 try:
-                    kind, payload = inbox.receive()
+                    kind, payload = inbox.receive(fd)
                 except EOFError:
                     process.join(5)
                     raise ImportWorkerFailed(

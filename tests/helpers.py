@@ -80,12 +80,12 @@ def through_pipe(*messages: Any, close_after: bytes | None = None) -> list[Any]:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    inbox = pipe.Inbox(r)
+    inbox = pipe.Inbox()
     got: list[Any] = []
     try:
         while True:
             try:
-                got.append(inbox.receive())
+                got.append(inbox.receive(r))
             except EOFError:
                 return got
     finally:
