@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from functools import partial
@@ -368,8 +369,8 @@ def _taken(builder: ChunkBuilder, now: int) -> Chunk:
 # numbers their lines from 1; with each range's last chunk it sends the range's number of
 # lines, and this process, which takes the ranges in order, adds the lines of the ranges
 # before (``Chunk.line_offset``), so every line reported is the file's own. Chunks
-# cross pipes pickled (see identity_graph.pipe); a worker waits on its pipe until this process takes its chunk, so
-# memory stays flat. Workers are spawned, not forked: they must not inherit this
+# cross pipes pickled (see identity_graph.pipe); a worker waits on its pipe until this
+# process takes its chunk, so memory stays flat. Workers are spawned, not forked: they must not inherit this
 # process's open database connections.
 
 
@@ -465,8 +466,8 @@ def _parse_in_worker(
                 except EOFError:
                     process.join(5)
                     raise ImportWorkerFailed(
-                        f"the parse worker stopped unexpectedly (exit code {process.exitcode}); "
-                        "run the import again without the worker (parallel=False) to see why"
+                        f"a parse worker stopped unexpectedly ({_how_it_ended(process.exitcode)}); the events"
+                        " read before it are committed: run the import again to finish it"
                     ) from None
                 if kind == "chunk":
                     chunk = payload[0]
@@ -489,6 +490,17 @@ def _parse_in_worker(
             if process.is_alive():
                 process.terminate()
             process.join()
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    """A worker's end as a person reads it: killed by which signal (the OOM killer's is
+    SIGKILL), or its exit code (a Python error in it is on stderr already)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return "still running" if exitcode is None else f"exit code {exitcode}"
 
 
 def _unit_chunks(

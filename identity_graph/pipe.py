@@ -70,8 +70,8 @@ class Inbox:
         self._buffer = bytearray(1 << 20)
 
     def receive(self, fd: int) -> Any:
-        """The next message on the pipe ``fd``; ``EOFError`` when the writing end is closed
-        before one starts, ``OSError`` when it is closed in the middle of one."""
+        """The next message on the pipe ``fd``; ``EOFError`` once the writing end is closed
+        (a worker killed while writing leaves half a message: EOFError too, with a reason)."""
         size = _HEADER.unpack(self._read(fd, _HEADER.size, at_start=True))[0]
         if size > len(self._buffer):
             self._buffer = bytearray(size + (size >> 3))  # some room, for the next, larger one
@@ -86,6 +86,6 @@ class Inbox:
             if not n:
                 if at_start and got == 0:
                     raise EOFError
-                raise OSError("the parse worker's pipe closed in the middle of a message")
+                raise EOFError("the pipe closed in the middle of a message")
             got += n
         return view

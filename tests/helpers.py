@@ -86,7 +86,9 @@ def through_pipe(*messages: Any, close_after: bytes | None = None) -> list[Any]:
         while True:
             try:
                 got.append(inbox.receive(r))
-            except EOFError:
+            except EOFError as end:
+                if end.args:  # not a plain end: the pipe closed in a message
+                    raise
                 return got
     finally:
         thread.join()

@@ -615,6 +615,41 @@ def test_the_parse_workers_stop_at_the_first_invalid_event_when_strict(
         assert dict(graph.identities()) == dict(reference.identities())
 
 
+def test_a_killed_parse_worker_ends_the_import_with_one_line_and_a_rerun_finishes_it(
+    graph: IdentityGraph, tmp_path: Path
+) -> None:
+    """The OOM killer's way: both workers get SIGKILL once the writer has taken a chunk.
+    The writer meets the end of their pipes (between messages or in the middle of one),
+    commits what it took, and says what happened; the same import run again completes."""
+    import multiprocessing
+    import os
+    import signal
+
+    from identity_graph.importer import ImportWorkerFailed
+
+    history = linked_history(6000, 13)
+    path = _write(tmp_path, "h.jsonl", jsonl(history))
+    killed: list[int] = []
+
+    def kill_the_workers(_: Any) -> None:
+        if not killed:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                killed.append(child.pid)  # type: ignore[arg-type]
+
+    with pytest.raises(ImportWorkerFailed) as failed:
+        import_events(graph, [path], batch_size=100, parallel=True, on_progress=kill_the_workers)
+    assert len(killed) == 2
+    assert str(failed.value) == ("a parse worker stopped unexpectedly (killed by SIGKILL); the events read before"
+                                 " it are committed: run the import again to finish it")
+    assert 0 < graph.stats().events < 6000  # the chunks taken before the kill stayed
+    again = import_events(graph, [path], batch_size=100, parallel=True)
+    assert again.applied + again.duplicates == 6000
+    with IdentityGraph("sqlite://") as reference:
+        import_events(reference, [path], batch_size=100)
+        assert dict(graph.identities()) == dict(reference.identities())
+
+
 @pytest.mark.parametrize("batch_size", [50, 10_000])
 def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(
     graph: IdentityGraph, tmp_path: Path, batch_size: int, monkeypatch: pytest.MonkeyPatch
