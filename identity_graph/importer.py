@@ -370,8 +370,8 @@ def _taken(builder: ChunkBuilder, now: int) -> Chunk:
 # lines, and this process, which takes the ranges in order, adds the lines of the ranges
 # before (``Chunk.line_offset``), so every line reported is the file's own. Chunks
 # cross pipes pickled (see identity_graph.pipe); a worker waits on its pipe until this
-# process takes its chunk, so memory stays flat. Workers are spawned, not forked: they must not inherit this
-# process's open database connections.
+# process takes its chunk, so memory stays flat. Workers are spawned, not forked: they
+# must not inherit this process's open database connections.
 
 
 class Unit(NamedTuple):
