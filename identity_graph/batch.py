@@ -197,7 +197,7 @@ def apply_chunk(
     repeats = chunk.repeat_plans(rules) if chunk.repeats else []
     if tx.suppressed():
         return apply_plans(tx, rules, cache, chunk.all_plans(rules), repeats, counts, counts_only=True)  # type: ignore[return-value]
-    counts = _begin(tx, cache, counts, warm=True)  # an import: worth reading a known graph whole
+    counts = _begin(tx, cache, counts, warm=True)  # an import: may read a known graph whole
     earlier = tx.claim_message_ids(chunk.register)
     resent = chunk.resent_others(earlier) if earlier else set()
     short_cut = resent is not None
@@ -393,12 +393,14 @@ class _BatchWriter:
                 if t < first.get(i, t + 1):
                     first[i] = t
         self.stored: dict[str, StoredId] = {}
-        self._load(self.first_time)
+        self._load(self.first_time, may_fill=True)
         self.id_inserts: list[tuple[Any, ...]] = []
         self.id_updates: dict[str, dict[str, Any]] = {}
 
-    def _load(self, ids: Iterable[str]) -> None:
-        """Fill ``stored`` for ``ids``: from the cache, else from the database."""
+    def _load(self, ids: Iterable[str], may_fill: bool = False) -> None:
+        """Fill ``stored`` for ``ids``: from the cache, else from the database. ``may_fill``:
+        the cache may read the graph whole instead (only before this batch has written:
+        a scan later would overwrite the cache's mirror of writes not yet flushed)."""
         misses = []
         get = self.cache.get
         for i in ids:
@@ -407,7 +409,12 @@ class _BatchWriter:
                 self.stored[i] = row
             elif not self.cache.complete:
                 misses.append(i)
-        if misses:
+        if misses and may_fill and self.cache.fill(self.tx, len(misses)):
+            for i in misses:
+                row = get(i)
+                if row is not None:
+                    self.stored[i] = row
+        elif misses:
             for i, row in self.tx.load_ids(misses).items():
                 self.stored[i] = row
                 self.cache.put(row)

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from .store import WriteTx
 
 
+# A batch reads the whole graph when it would look up at least 1/FILL_RATIO of its IDs
+# (see StateCache.fill).
+FILL_RATIO = 8
+
+
 class StateCache:
     """ID and profile rows known to this process, for one generation of the graph."""
 
@@ -33,16 +38,14 @@ class StateCache:
         self._ids: dict[str, list] = {}  # id -> [profile_id, known key | None, first_time]
         self._profiles: dict[int, tuple[str, int, bool, Key]] = {}  # canonical, size, known, last
         self._forward: dict[int, int] = {}  # absorbed profile -> the profile it moved into
+        self._may_fill = False
 
     def begin(self, tx: WriteTx, warm: bool = False) -> None:
         """Check the cache against the generation found under the lock; invalid until :meth:`commit`.
 
-        ``warm``: when the cache must start over on a graph of at most ``max_ids`` IDs,
-        read them all now, in one scan, and be complete. An import into an existing
-        graph asks for it: otherwise every batch looks up the IDs it touches, a few
-        thousand random reads a batch, which is what made a second month cost more
-        than the first.
+        ``warm``: this batch may read the whole graph into the cache (see :meth:`fill`).
         """
+        self._may_fill = False
         if self.max_ids <= 0:
             self.reset()
             return
@@ -51,13 +54,31 @@ class StateCache:
         if self.generation not in (tx.generation, tx.next_generation) or len(self._ids) > self.max_ids:
             self.reset()
             self.complete = tx.is_empty()
-            if warm and not self.complete:
-                rows = tx.all_ids(self.max_ids)
-                if rows is not None:
-                    for row in rows:
-                        self.put(row)
-                    self.complete = True
+        self._may_fill = warm and not self.complete
         self.generation = None  # a failure before commit() leaves the cache unusable
+
+    def fill(self, tx: WriteTx, misses: int) -> bool:
+        """Read every stored ID in one scan and be complete, when a batch that may
+        (:meth:`begin`'s ``warm``) is about to look up ``misses`` IDs, at least
+        1/``FILL_RATIO`` of a graph of at most ``max_ids``; whether it did.
+
+        An import's batches share the cache, so one scan serves them all; looked up
+        batch by batch, a second month into a month-1 graph cost more than the first
+        month. A small import into a large graph (a day's events) is the other way
+        round: its few thousand lookups take ~0.03 s, a scan of a 90k-ID graph ~0.35 s.
+        Measured on SQLite: ~6 us an ID looked up, ~4 us an ID scanned."""
+        if not self._may_fill:
+            return False
+        self._may_fill = False  # once a batch
+        if tx.holds_more_ids_than(min(misses * FILL_RATIO, self.max_ids)):
+            return False
+        rows = tx.all_ids(self.max_ids)
+        if rows is None:
+            return False
+        for row in rows:
+            self.put(row)
+        self.complete = True
+        return True
 
     def commit(self, tx: WriteTx) -> None:
         """The transaction's writes are mirrored: valid at the generation it leaves."""

@@ -651,6 +651,12 @@ class WriteTx(ReadTx):
         self.cur.execute("SELECT 1 FROM ig_ids LIMIT 1")
         return self.cur.fetchone() is None
 
+    def holds_more_ids_than(self, n: int) -> bool:
+        """Whether more than ``n`` IDs are stored: reads at most ``n + 1`` index entries,
+        where a COUNT would read them all."""
+        self.cur.execute(self.sql("SELECT 1 FROM ig_ids LIMIT 1 OFFSET ?"), (n,))
+        return self.cur.fetchone() is not None
+
     def new_profile_id(self) -> int:
         """A profile number never used before in this graph (numbers are not reused, so a
         cached "profile A moved into B" can never point at a different, later profile A)."""

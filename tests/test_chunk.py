@@ -206,14 +206,28 @@ def test_any_batching_gives_the_same_graph(make: Any, tmp_path: Path, batch_size
     assert state(imported) == state(ingested)
 
 
-@pytest.mark.parametrize("max_ids", [2_000_000, 3])
-def test_import_into_an_existing_graph_reads_it_whole_once(
-    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_ids: int
+@pytest.mark.parametrize(
+    "max_ids, extra_ids, reads_whole",
+    [
+        (2_000_000, 0, True),  # 4 IDs to look up in a graph of 9: one scan
+        (3, 0, False),  # more IDs stored than the cache may hold: lookups
+        (2_000_000, 40, False),  # 4 IDs in a graph of 49, under 1/FILL_RATIO: lookups
+    ],
+)
+def test_an_import_into_an_existing_graph_reads_it_whole_only_when_it_touches_much_of_it(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_ids: int, extra_ids: int, reads_whole: bool
 ) -> None:
-    """A new process importing into a known graph starts with an empty cache: it reads every
-    ID in one scan (when there are at most ``max_ids``) instead of looking IDs up per batch."""
+    """A new process importing into a known graph starts with an empty cache. A batch that
+    would look up at least 1/FILL_RATIO of the stored IDs (and the graph has at most
+    ``max_ids``) reads every ID in one scan, which the import's later batches share;
+    a small import into a larger graph (a day into a year) looks up its few IDs."""
+    from identity_graph.cache import FILL_RATIO
+
+    assert 4 * FILL_RATIO < 9 + 40  # the third case is below the ratio
     first, reference = make("first"), make("reference")
-    import_events(first, [write(tmp_path / "1.jsonl", HISTORY)])
+    others = [page(f"o{n}", 50, f"other{n}") for n in range(extra_ids)]
+    import_events(first, [write(tmp_path / "1.jsonl", HISTORY + others)])
+    assert first.stats().ids == 9 + extra_ids
     later = [page("m1", 60, "a1"), identify("m2", 61, "u3", "a2"), page("m3", 62, "a8")]
     second = IdentityGraph(first._store.engine.url.render_as_string(hide_password=False))
     lookups: list[list[str]] = []
@@ -227,13 +241,22 @@ def test_import_into_an_existing_graph_reads_it_whole_once(
     try:
         second._cache.max_ids = max_ids
         import_events(second, [write(tmp_path / "2.jsonl", later)])
-        assert second._cache.complete is (max_ids > 3)
-        assert (lookups == []) is (max_ids > 3)
-        for e in HISTORY + later:
+        assert second._cache.complete is reads_whole
+        assert sorted(i for batch in lookups for i in batch) == ([] if reads_whole else ["a1", "a2", "a8", "u3"])
+        for e in HISTORY + others + later:
             reference.ingest(e)
         assert state(second) == state(reference)
     finally:
         second.close()
+
+
+def test_holds_more_ids_than_counts_the_stored_ids(make: Any, tmp_path: Path) -> None:
+    graph = make("g")
+    assert graph._store.run_write(lambda tx: tx.holds_more_ids_than(0)) is False
+    import_events(graph, [write(tmp_path / "h.jsonl", HISTORY)])
+    assert graph.stats().ids == 9
+    answers = graph._store.run_write(lambda tx: [tx.holds_more_ids_than(n) for n in (0, 8, 9, 10)])
+    assert answers == [True, True, False, False]
 
 
 def test_a_chunk_survives_the_pipe() -> None:
