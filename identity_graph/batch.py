@@ -401,6 +401,17 @@ class _BatchWriter:
         """Fill ``stored`` for ``ids``: from the cache, else from the database. ``may_fill``:
         the cache may read the graph whole instead (only before this batch has written:
         a scan later would overwrite the cache's mirror of writes not yet flushed)."""
+        misses = self._from_cache(ids)
+        if misses and may_fill and self.cache.fill(self.tx, len(misses)):
+            misses = self._from_cache(misses)  # none: the cache is complete now
+        if misses:
+            for i, row in self.tx.load_ids(misses).items():
+                self.stored[i] = row
+                self.cache.put(row)
+
+    def _from_cache(self, ids: Iterable[str]) -> list[str]:
+        """Fill ``stored`` for those of ``ids`` the cache holds; the others, unless the
+        cache is complete (then they are not stored either)."""
         misses = []
         get = self.cache.get
         for i in ids:
@@ -409,15 +420,7 @@ class _BatchWriter:
                 self.stored[i] = row
             elif not self.cache.complete:
                 misses.append(i)
-        if misses and may_fill and self.cache.fill(self.tx, len(misses)):
-            for i in misses:
-                row = get(i)
-                if row is not None:
-                    self.stored[i] = row
-        elif misses:
-            for i, row in self.tx.load_ids(misses).items():
-                self.stored[i] = row
-                self.cache.put(row)
+        return misses
 
     # A user ID's known-mark matters only when it is the earliest event carrying it.
     def _marks_known(self, plan: Plan, known_at: Mapping[str, Key]) -> bool:
