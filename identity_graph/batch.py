@@ -201,11 +201,19 @@ def apply_chunk(
     earlier = tx.claim_message_ids(chunk.register)
     resent = chunk.resent_others(earlier) if earlier else set()
     short_cut = resent is not None
-    plans, lone = (chunk.plans(rules), chunk.lone) if short_cut else (chunk.all_plans(rules), {})
+    blocked = len(resent.intersection(chunk.blocked)) if resent else 0
+    if not short_cut:
+        plans, lone = chunk.all_plans(rules), {}
+    elif resent and len(resent) - blocked == chunk.lone_events:
+        # Every one of the others is a plain re-send: their IDs exist, seen first no later
+        # (see resent_others), so the lone map would change nothing; leaving it out spares
+        # looking its IDs up. A chunk imported again (a re-run) takes this way.
+        plans, lone = chunk.plans(rules), {}
+    else:
+        plans, lone = chunk.plans(rules), chunk.lone
     summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone,
                              list(chunk.held.values()), in_order=short_cut)
     if resent is not None:
-        blocked = len(resent.intersection(chunk.blocked)) if resent else 0
         summary.applied += chunk.lone_events - (len(resent) - blocked)
         summary.blocked += chunk.blocked_events - blocked
         summary.duplicates += len(resent)

@@ -21,6 +21,7 @@ from identity_graph import IdentityGraph, MergeRules
 from identity_graph.importer import ImportIssue, StrictImportStopped, import_events
 from identity_graph.readers import SourceError, expand_sources
 from identity_graph.results import CONFLICT_REASON
+from identity_graph.store import WriteTx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,6 +412,32 @@ def test_re_running_events_without_message_ids_or_times_changes_nothing(graph: I
     before = _snapshot(graph)
     again = import_events(graph, [path])
     assert (again.events, again.applied, again.duplicates, again.blocked) == (8, 0, 8, 0)
+    assert _snapshot(graph) == before
+
+
+def test_a_re_run_in_a_new_process_reads_no_stored_ids(
+    make_graph: Callable[..., IdentityGraph], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every event of a re-run is registered already, so no stored ID needs reading, not
+    even for the anonymous events' first-seen times; a fresh graph object has an empty
+    cache, like a new process. (It used to read the whole graph for those.)"""
+    path = _write(tmp_path, "h.jsonl", jsonl(linked_history(600, seed=5)))
+    import_events(make_graph(), [path], batch_size=100)
+    graph = make_graph()
+    before = _snapshot(graph)
+    reads: list[str] = []
+    load_ids, all_ids = WriteTx.load_ids, WriteTx.all_ids
+
+    def counted_load_ids(tx: WriteTx, ids: Any) -> Any:
+        ids = list(ids)
+        reads.extend(ids)
+        return load_ids(tx, ids)
+
+    monkeypatch.setattr(WriteTx, "load_ids", counted_load_ids)
+    monkeypatch.setattr(WriteTx, "all_ids", lambda tx, limit: reads.append("*") or all_ids(tx, limit))
+    again = import_events(graph, [path], batch_size=100)
+    assert (again.applied, again.duplicates) == (0, 600)
+    assert reads == []
     assert _snapshot(graph) == before
 
 
