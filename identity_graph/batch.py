@@ -202,19 +202,18 @@ def apply_chunk(
     resent = chunk.resent_others(earlier) if earlier else set()
     short_cut = resent is not None
     blocked = len(resent.intersection(chunk.blocked)) if resent else 0
-    if not short_cut:
-        plans, lone = chunk.all_plans(rules), {}
-    elif resent and len(resent) - blocked == chunk.lone_events:
-        # Every one of the others is a plain re-send: their IDs exist, seen first no later
-        # (see resent_others), so the lone map would change nothing; leaving it out spares
-        # looking its IDs up. A chunk imported again (a re-run) takes this way.
-        plans, lone = chunk.plans(rules), {}
+    resent_lone = len(resent) - blocked if resent else 0  # re-sent others that have IDs
+    if short_cut:
+        # When every one of the others is a plain re-send, their IDs exist, seen first no
+        # later (see resent_others): the lone map would change nothing, and leaving it out
+        # spares looking its IDs up. A chunk imported again (a re-run) takes this way.
+        plans, lone = chunk.plans(rules), ({} if resent_lone == chunk.lone_events else chunk.lone)
     else:
-        plans, lone = chunk.plans(rules), chunk.lone
+        plans, lone = chunk.all_plans(rules), {}
     summary = _apply_claimed(tx, rules, cache, plans, repeats, counts, True, earlier, lone,
                              list(chunk.held.values()), in_order=short_cut)
     if resent is not None:
-        summary.applied += chunk.lone_events - (len(resent) - blocked)
+        summary.applied += chunk.lone_events - resent_lone
         summary.blocked += chunk.blocked_events - blocked
         summary.duplicates += len(resent)
     return summary  # type: ignore[return-value]

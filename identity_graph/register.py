@@ -150,8 +150,9 @@ class Register:
         # row, whatever the planner thinks of the staging table. A plain join was planned
         # as a hash join over the whole register, paid by every chunk with a retried event
         # (a re-run of a 1M-event import: 3.0 s of 14.2 in these joins, ~0.2 s each, and
-        # 1.3 s more reading the holders back 500 keys at a time). JIT off: the planner prices 100k probes high
-        # enough to compile the query (~75-90 ms a chunk), which saves nothing on probes.
+        # 1.3 s more reading the holders back 500 keys at a time). JIT off: the planner
+        # prices 100k probes high enough to compile the query (~75-90 ms a chunk), which
+        # saves nothing on probes.
         self.cur.execute("SET LOCAL jit = off")
         self.cur.execute("SELECT s.key, e.message_id, e.time, e.type, e.digest, e.tx FROM ig_events_in s"
                          " CROSS JOIN LATERAL (SELECT message_id, time, type, digest, tx FROM ig_events"
