@@ -456,6 +456,7 @@ def _parse_in_worker(
             processes.append(process)
         inbox = pipe.Inbox()
         lines_before: dict[str, int] = {}  # a file's lines in the ranges taken so far
+        started: set[int] = set()  # the workers whose "ready" came
         for n, unit in enumerate(units):
             fd, process = receivers[n % workers].fileno(), processes[n % workers]
             path = unit.source.path
@@ -465,11 +466,10 @@ def _parse_in_worker(
                     kind, payload = inbox.receive(fd)
                 except EOFError:
                     process.join(5)
-                    raise ImportWorkerFailed(
-                        f"a parse worker stopped unexpectedly ({_how_it_ended(process.exitcode)}); the events"
-                        " read before it are committed: run the import again to finish it"
-                    ) from None
-                if kind == "chunk":
+                    raise _worker_failed(process.exitcode, fd in started) from None
+                if kind == "ready":
+                    started.add(fd)
+                elif kind == "chunk":
                     chunk = payload[0]
                     if chunk.others_at is not None:
                         # Not the chunk itself: a cycle would keep every chunk alive while the
@@ -490,6 +490,23 @@ def _parse_in_worker(
             if process.is_alive():
                 process.terminate()
             process.join()
+
+
+def _worker_failed(exitcode: int | None, started: bool) -> ImportWorkerFailed:
+    how = _how_it_ended(exitcode)
+    if not started:
+        # Nearly always a script that starts an import at its top level: the spawned
+        # worker imports that script again, whose import then refuses to spawn from a
+        # child (multiprocessing's bootstrapping RuntimeError, printed by the child).
+        return ImportWorkerFailed(
+            f"a parse worker failed to start ({how}): workers are spawned and import the calling script"
+            ' again, so a script that imports with parallel=True must guard its top level with'
+            ' `if __name__ == "__main__":` (or pass parallel=False); the worker\'s error is on stderr'
+        )
+    return ImportWorkerFailed(
+        f"a parse worker stopped unexpectedly ({how}); the events read before it are committed:"
+        " run the import again to finish it"
+    )
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -567,6 +584,9 @@ def _worker_main(
     thread = threading.Thread(target=send, name="identity-graph-sender", daemon=True)
     thread.start()
     put = outbox.put
+    # First, so the writer can tell a worker that never got here (see _worker_failed)
+    # from one that died while parsing.
+    put(("ready", None))
     try:
         with gc_paused():
             for unit in units[mine::workers]:

@@ -677,6 +677,36 @@ def test_a_killed_parse_worker_ends_the_import_with_one_line_and_a_rerun_finishe
         assert dict(graph.identities()) == dict(reference.identities())
 
 
+def test_a_script_without_a_main_guard_hears_why_its_parse_workers_failed_to_start(tmp_path: Path) -> None:
+    """The spawned workers import the calling script again; one that imports at its top
+    level makes them fail in multiprocessing's bootstrapping, before they parse a line.
+    The import says so, and what to do, instead of "stopped unexpectedly"."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, "h.jsonl", jsonl(linked_history(3000, 5)))
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from identity_graph import IdentityGraph\n"
+        "from identity_graph.importer import ImportWorkerFailed, import_events\n"
+        f"graph = IdentityGraph('sqlite:///{tmp_path / 'g.db'}')\n"
+        "try:\n"
+        f"    import_events(graph, [{str(path)!r}], batch_size=100, parallel=True)\n"
+        "except ImportWorkerFailed as exc:\n"
+        "    print(exc)\n"
+        "    print(graph.stats().events)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.stdout.splitlines() == [
+        "a parse worker failed to start (exit code 1): workers are spawned and import the calling script again,"
+        " so a script that imports with parallel=True must guard its top level with"
+        ' `if __name__ == "__main__":` (or pass parallel=False); the worker\'s error is on stderr',
+        "0",
+    ]
+    assert "bootstrapping phase" in done.stderr  # the child's own error, which the message points to
+
+
 @pytest.mark.parametrize("batch_size", [50, 10_000])
 def test_the_parse_worker_reports_an_unreadable_file_as_a_source_error(
     graph: IdentityGraph, tmp_path: Path, batch_size: int, monkeypatch: pytest.MonkeyPatch
