@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         with IdentityGraph(url) as graph:
             summary = import_events(graph, args.paths, parallel=True, on_issue=on_issue, on_progress=on_progress)
+            wall = time.perf_counter() - began
+            import_hwm_kb = _vm_hwm_kb()  # before stats(), whose queries have memory of their own
             stats = graph.stats()
-        wall = time.perf_counter() - began
         sampler.stop.set()
         sampler.join()
         files = _files_mb(url)
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"graph: {stats.ids:,} IDs, {stats.profiles:,} profiles, {stats.events:,} register rows"
           + ("" if files is None else f", {files:,.0f} MB of files"))
     print(f"{summary.events:,} events in {wall:,.1f} s: {summary.events / wall:,.0f} events/s; peak RSS, writer and"
-          f" workers together: {sampler.peak_kb / 1024:,.0f} MB (writer alone, VmHWM: {_vm_hwm_kb() / 1024:,.0f} MB)")
+          f" workers together: {sampler.peak_kb / 1024:,.0f} MB (sampled); the writer's VmHWM:"
+          f" {import_hwm_kb / 1024:,.0f} MB at the end of the import, {_vm_hwm_kb() / 1024:,.0f} MB after stats()")
     return 0
 
 
