@@ -23,12 +23,13 @@ import time as _time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
+from .rules import MERGED, REFUSED, TOGETHER, UNMERGED
 from .register import Register, Row
 from .rows import StoredId, StoredLink
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
@@ -421,12 +422,28 @@ class Store:
             out["largest_profiles"] = [
                 (r[0], r[1]) for r in one(select(p.canonical, p.size).order_by(p.size.desc(), p.canonical).limit(largest))
             ]
-            out["links"] = [
-                (r[0], r[1], r[2])
-                for r in one(select(lk.outcome, lk.reason, func.count()).group_by(lk.outcome, lk.reason)
-                             .order_by(lk.outcome, lk.reason))
-            ]
+            out["links"] = _link_counts(one, lk)
         return out
+
+
+def _link_counts(one: Callable[..., Any], lk: Any) -> list[tuple[str, str | None, int]]:
+    """(outcome, reason, count) of the links, refusals by reason.
+
+    Counted in one pass, not by GROUP BY over every link: SQLite sorts a GROUP BY's rows,
+    and with ``temp_store=MEMORY`` the sort lives in memory (48M events, 13.8M links:
+    ~0.7 GB more for ``stats``). Only the refused links, a few percent, are grouped; an
+    outcome outside the four known (none is written) falls back to the GROUP BY.
+    """
+    counted = (MERGED, TOGETHER, UNMERGED)
+    total, *sums = one(select(func.count(), *(func.coalesce(func.sum(case((lk.outcome == o, 1), else_=0)), 0)
+                                             for o in counted))).one()
+    refused = one(select(lk.reason, func.count()).where(lk.outcome == REFUSED).group_by(lk.reason)
+                  .order_by(lk.reason)).all()
+    if total != sum(sums) + sum(r[1] for r in refused):
+        return [(r[0], r[1], r[2]) for r in one(select(lk.outcome, lk.reason, func.count())
+                                                 .group_by(lk.outcome, lk.reason).order_by(lk.outcome, lk.reason))]
+    rows = [(o, None, n) for o, n in zip(counted, sums) if n] + [(REFUSED, r[0], r[1]) for r in refused]
+    return sorted(rows, key=lambda r: (r[0], r[1] or ""))
 
 
 #: The lock row's value in a new graph: generation token, profile-number sequence, duplicates seen.

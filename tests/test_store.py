@@ -129,3 +129,43 @@ def test_a_failed_batch_leaves_no_trace_in_the_cache(graph: IdentityGraph, monke
     graph.ingest(identify(3, "m3", user="u3", anon="d1"))     # refused: d1's profile holds u1
     graph.ingest(alias(2, "m2", "u1", "u2"))                  # late, now applied for real
     assert profiles(graph) == {P("u2", "u1", "d1"), P("u3")}
+
+
+def test_stats_counts_links_as_a_group_by_over_every_link_would(make_graph, graph_url: str) -> None:  # type: ignore[no-untyped-def]
+    """stats() counts links in one pass and groups only the refusals (a GROUP BY over every
+    link is a sort of all of them); its counts must be the GROUP BY's, for every outcome,
+    and an outcome it does not know falls back to the GROUP BY."""
+    from sqlalchemy import create_engine, text
+
+    g = make_graph(MergeRules(max_profile_ids=3))
+    g.identify(user_id="u1", anonymous_id="a1")  # merged
+    g.identify(user_id="u1", anonymous_id="a1")  # together
+    g.alias("p1", "u1")  # merged: u1, a1, p1
+    g.alias("p2", "u1")  # refused: size_cap
+    g.identify(user_id="u2", anonymous_id="a1")  # refused: known_id
+    taken = g.identify(user_id="u3", anonymous_id="a3")  # merged, then unmerged
+    g.unmerge(taken.message_id)
+    engine = create_engine(graph_url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    def grouped() -> list[tuple[str, str | None, int]]:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
+                "SELECT outcome, reason, count(*) FROM ig_links GROUP BY outcome, reason"))]
+
+    def from_stats() -> list[tuple[str, str | None, int]]:
+        s = g.stats()
+        rows = [("merged", None, s.links_merged), ("together", None, s.links_together),
+                ("unmerged", None, s.links_unmerged)]
+        return [r for r in rows if r[2]] + [("refused", k, n) for k, n in s.links_refused.items()]
+
+    try:
+        assert sorted(from_stats(), key=str) == sorted(grouped(), key=str) == sorted([
+            ("merged", None, 2), ("together", None, 1), ("unmerged", None, 1),
+            ("refused", "known_id", 1), ("refused", "size_cap", 1)], key=str)
+        with engine.begin() as conn:  # a link with an outcome no version writes
+            conn.execute(text("UPDATE ig_links SET outcome = 'odd' WHERE outcome = 'together'"))
+        s = g.stats()
+        assert (s.links_merged, s.links_together, s.links_unmerged) == (2, 0, 1)
+        assert s.links_refused == {"known_id": 1, "size_cap": 1, None: 1}  # counted, not lost
+    finally:
+        engine.dispose()
