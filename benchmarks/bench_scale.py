@@ -34,7 +34,7 @@ from _common import engine_version, fresh_graph_url, machine_note
 from bench_import import _rss_kb, _tree
 
 from identity_graph import IdentityGraph
-from identity_graph.importer import ImportIssue, ImportProgress, import_events
+from identity_graph.importer import DEFAULT_IMPORT_BATCH, ImportIssue, ImportProgress, import_events
 
 
 def _vm_hwm_kb() -> int:
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="files or folders, as for `identity-graph import`")
     ap.add_argument("--db", default="sqlite", help="'sqlite' (a fresh file) or a PostgreSQL server URL")
     ap.add_argument("--every", type=int, default=10_000_000, help="events between lines (default %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH,
+                    help="events per transaction (default %(default)s, the import command's)")
     ap.add_argument("--tmp", help="folder for the SQLite file (default: the system's temporary folder)")
     args = ap.parse_args(argv)
     if args.tmp:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.tempdir = args.tmp
 
     print(f"bench_scale: machine: {machine_note()}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(engine_version())
+    print(engine_version() + f"; batch {args.batch_size:,} events")
     size = 0
     for p in args.paths:
         for root, _, files in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         sampler.start()
         with IdentityGraph(url) as graph:
-            summary = import_events(graph, args.paths, parallel=True, on_issue=on_issue, on_progress=on_progress)
+            summary = import_events(graph, args.paths, parallel=True, batch_size=args.batch_size, on_issue=on_issue,
+                                    on_progress=on_progress)
             wall = time.perf_counter() - began
             import_hwm_kb = _vm_hwm_kb()  # before stats(), whose queries have memory of their own
             stats = graph.stats()
