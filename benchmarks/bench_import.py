@@ -214,11 +214,12 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _rss_kb(pid: int) -> int:
+def _rss_kb(pid: int, field: bytes = b"VmRSS:") -> int:
+    """A memory field of ``/proc/PID/status`` in kB (``VmRSS:`` now, ``VmHWM:`` its peak); 0 if gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -35,14 +36,11 @@ from bench_import import _rss_kb, _tree
 
 from identity_graph import IdentityGraph
 from identity_graph.importer import DEFAULT_IMPORT_BATCH, ImportIssue, ImportProgress, import_events
+from identity_graph.readers import expand_sources
 
 
 def _vm_hwm_kb() -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return _rss_kb(os.getpid(), b"VmHWM:")
 
 
 class Sampler(threading.Thread):
@@ -81,27 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", help="folder for the SQLite file (default: the system's temporary folder)")
     args = ap.parse_args(argv)
     if args.tmp:
-        os.environ["TMPDIR"] = args.tmp
-        import tempfile
-
-        tempfile.tempdir = args.tmp
+        tempfile.tempdir = args.tmp  # where fresh_graph_url makes the SQLite file
 
     print(f"bench_scale: machine: {machine_note()}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(engine_version() + f"; batch {args.batch_size:,} events")
-    size = 0
-    for p in args.paths:
-        for root, _, files in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
-            size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    size = sum(source.size or 0 for source in expand_sources(args.paths))  # the files the import will read
     print(f"input: {' '.join(args.paths)}: {size / 1e9:,.1f} GB on disk")
     print(f"{'events':>12} {'elapsed s':>10} {'slice ev/s':>11} {'all ev/s':>10} {'writer MB':>10}"
           f" {'workers MB':>11} {'graph MB':>9}")
 
-    issues: list[ImportIssue] = []
-    invalid = 0
+    issues: list[ImportIssue] = []  # the first few; the summary counts them all
 
     def on_issue(issue: ImportIssue) -> None:
-        nonlocal invalid
-        invalid += 1
         if len(issues) < 5:
             issues.append(issue)
 
