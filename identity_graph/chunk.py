@@ -170,8 +170,11 @@ class ChunkBuilder:
     ({'a1': 3, 'a3': 1}, ['m3'], ['m1'], 5, 0)
     """
 
-    def __init__(self, rules: MergeRules) -> None:
+    def __init__(self, rules: MergeRules, keep_others: bool = True) -> None:
         self._blocked = rules.blocked_values
+        # A parse worker that leaves the fall-back events out of the pipe does not keep
+        # them either (see Chunk.others_at): ~40% of a chunk's memory, for nothing.
+        self._keep_others = keep_others
         # An ID longer than every blocked value cannot be one (case folding never
         # shortens a string): then only "all whitespace" is left to ask, without the two
         # new strings strip() and casefold() make. Most IDs are UUIDs.
@@ -216,7 +219,8 @@ class ChunkBuilder:
             chunk.planned.append((fields, origin, digest))
             return
         # No userId: no link (every link ends at the userId) and nothing to mark known.
-        chunk.others.append((fields, origin))
+        if self._keep_others:
+            chunk.others.append((fields, origin))
         lone = chunk.lone
         found = False
         for value in (prev, anon):
@@ -232,6 +236,8 @@ class ChunkBuilder:
     def take(self) -> Chunk:
         """The chunk collected so far; the builder starts a new one."""
         chunk, self._chunk, self._seen = self._chunk, Chunk(), {}
+        if not self._keep_others:
+            chunk.others = None  # left out: read again if ever needed (Chunk.reread)
         # In key order, the register's inserts walk its index's pages in order instead of
         # at random: ~1 us a row less (measured in memory, 1M UUID keys: 3.6 s -> 2.4 s).
         chunk.register.sort(key=_KEY)

@@ -284,7 +284,7 @@ def _batch(first: Chunk, size: int, take: Callable[[], Chunk | None]) -> Iterato
 
 def _parse(
     expanded: list[Source], chunk_size: int, rules: MergeRules, strict: bool = False, small: int | None = None,
-    now: int | None = None,
+    now: int | None = None, keep_others: bool = True,
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """The sources' events, validated and planned under ``rules``, packed into chunks of
     ``chunk_size`` valid events, each with the invalid items met while reading it and the
@@ -295,7 +295,8 @@ def _parse(
     keep both processes busy (~1 s of a 1M-event import). The end is told from the
     input's size and the bytes an event has taken so far (no end is known for stdin).
     ``now``: the time given to events without one, instead of the time each chunk is read
-    (to read a chunk again exactly: see _reread_others).
+    (to read a chunk again exactly: see _reread_others). ``keep_others``: False leaves each
+    chunk's fall-back events out (``others`` None), for a worker that leaves them out of the pipe.
     """
     consumed = [0]
 
@@ -305,15 +306,15 @@ def _parse(
     items = (item for source in expanded for item in read_source(source, count, event_from_line))
     sizes = [source.size for source in expanded]
     remaining = None if small is None or None in sizes else sum(sizes)  # type: ignore[arg-type]
-    yield from _chunked(items, consumed, chunk_size, rules, strict, small, remaining, now)
+    yield from _chunked(items, consumed, chunk_size, rules, strict, small, remaining, now, keep_others)
 
 
 def _chunked(
     items: Iterable[Item], consumed: list[int], chunk_size: int, rules: MergeRules, strict: bool,
-    small: int | None, remaining: int | None, fixed_now: int | None = None,
+    small: int | None, remaining: int | None, fixed_now: int | None = None, keep_others: bool = True,
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """:func:`_parse`'s loop; ``consumed[0]`` is kept up to date by the reader of ``items``."""
-    builder = ChunkBuilder(rules)
+    builder = ChunkBuilder(rules, keep_others)
     issues: list[ImportIssue] = []
     events_seen = bytes_seen = 0
     size = min(chunk_size, small or chunk_size)
@@ -522,19 +523,20 @@ def _how_it_ended(exitcode: int | None) -> str:
 
 def _unit_chunks(
     unit: Unit, chunk_size: int, rules: MergeRules, strict: bool, workers: int,
-    lines: list[int] | None = None, now: int | None = None,
+    lines: list[int] | None = None, now: int | None = None, keep_others: bool = True,
 ) -> Iterator[tuple[Chunk, list[ImportIssue], int]]:
     """One unit's chunks as its worker makes them: a whole source through _parse, or a
     byte range through _chunked (``lines`` gets the range's number of lines). With ``now``,
-    the same cuts again with that time for events without one (see _reread_others)."""
+    the same cuts again with that time for events without one (see _reread_others).
+    ``keep_others``: as for :func:`_parse`."""
     if unit.end is None:
         small = SMALL_CHUNK if workers == 1 else None
-        yield from _parse([unit.source], chunk_size, rules, strict, small=small, now=now)
+        yield from _parse([unit.source], chunk_size, rules, strict, small=small, now=now, keep_others=keep_others)
         return
     # The file's last range reads to its end (in case the file grew since it was planned).
     end = None if unit.end >= (unit.source.size or 0) else unit.end
     items = read_range(unit.source, unit.start, end, event_from_line, [] if lines is None else lines)
-    yield from _chunked(items, [0], chunk_size, rules, strict, None, None, now)
+    yield from _chunked(items, [0], chunk_size, rules, strict, None, None, now, keep_others)
 
 
 def _reread_others(
@@ -595,7 +597,8 @@ def _worker_main(
                 lines: list[int] = []
                 pending = None
                 leave = leave_others and unit.source.size is not None  # a file: the writer can read it again
-                for ordinal, chunk in enumerate(_unit_chunks(unit, chunk_size, rules, strict, workers, lines)):
+                chunks = _unit_chunks(unit, chunk_size, rules, strict, workers, lines, keep_others=not leave)
+                for ordinal, chunk in enumerate(chunks):
                     if leave:
                         chunk[0].others_at = ordinal  # see _reread_others
                     if unit.end is None:

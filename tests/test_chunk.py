@@ -128,6 +128,25 @@ def test_chunk_builder_splits_events_by_user_id() -> None:
     assert c.all_plans(MergeRules())[-1] == plan_event(parse_event(HISTORY[-1]), MergeRules())
 
 
+def test_a_builder_that_leaves_the_fall_back_events_out_keeps_everything_else() -> None:
+    """A parse worker that leaves ``others`` out of the pipe builds them not at all; the
+    chunk says so (None, not an empty list), so the writer reads them again if it needs them."""
+    chunks = []
+    for keep in (True, False):
+        b = ChunkBuilder(MergeRules(), keep_others=keep)
+        for e in HISTORY + [page("p1", 50, "a9")]:  # a repeat too
+            b.add(parse_event(e), None)
+        chunks.append(b.take())
+    kept, left = chunks
+    assert len(kept.others) == 7 and left.others is None  # type: ignore[arg-type]
+    assert (left.register, left.planned, left.lone, left.lone_events, left.blocked, left.repeats, left.held) == (
+        kept.register, kept.planned, kept.lone, kept.lone_events, kept.blocked, kept.repeats, kept.held)
+    with pytest.raises(RuntimeError, match="fall-back events were left out"):
+        left.all_plans(MergeRules())
+    left.reread = lambda: kept.others  # type: ignore[assignment,return-value]
+    assert left.all_plans(MergeRules()) == kept.all_plans(MergeRules())
+
+
 def test_fresh_history_equals_one_by_one(make: Any, tmp_path: Path) -> None:
     imported, ingested, (s,) = both_ways(make, tmp_path, [HISTORY])
     assert state(imported) == state(ingested)
