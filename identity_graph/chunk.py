@@ -100,17 +100,15 @@ class Chunk:
 
     def __getstate__(self) -> dict[str, Any]:
         # The writer needs ``others`` only on the rare fall-back. A worker that can read its
-        # input again leaves them out (~half of a chunk's bytes); otherwise they cross the
-        # pipe as one JSON blob, which orjson writes ~7x faster than pickle and nobody reads
-        # unless asked.
+        # input again never built them (None: see ChunkBuilder's ``keep_others``); otherwise
+        # they cross the pipe as one JSON blob, which orjson writes ~7x faster than pickle and
+        # nobody reads unless asked.
         state = dict(self.__dict__)
         state.pop("reread", None)
         # Always encodable: a messageId is valid Unicode (events.py refuses lone surrogates),
         # and times, digests and keys are signed 64-bit.
         state["register"] = _encode_register(self.register)
-        if self.others_at is not None:
-            state["others"] = None
-        elif not isinstance(self.others, bytes):
+        if isinstance(self.others, list):
             try:
                 state["others"] = orjson.dumps(self.others)
             except TypeError:  # a file name orjson cannot encode (not UTF-8): pickled as it is
