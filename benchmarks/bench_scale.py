@@ -35,7 +35,7 @@ from _common import engine_version, fresh_graph_url, machine_note
 from bench_import import _rss_kb, _tree
 
 from identity_graph import IdentityGraph
-from identity_graph.importer import DEFAULT_IMPORT_BATCH, ImportIssue, ImportProgress, import_events
+from identity_graph.importer import DEFAULT_IMPORT_BATCH, MAX_IMPORT_BATCH, ImportIssue, ImportProgress, import_events
 from identity_graph.readers import expand_sources
 
 
@@ -74,15 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="files or folders, as for `identity-graph import`")
     ap.add_argument("--db", default="sqlite", help="'sqlite' (a fresh file) or a PostgreSQL server URL")
     ap.add_argument("--every", type=int, default=10_000_000, help="events between lines (default %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH,
-                    help="events per transaction (default %(default)s, the import command's)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="events per transaction (default: the import command's, growing with the graph)")
     ap.add_argument("--tmp", help="folder for the SQLite file (default: the system's temporary folder)")
     args = ap.parse_args(argv)
     if args.tmp:
         tempfile.tempdir = args.tmp  # where fresh_graph_url makes the SQLite file
 
     print(f"bench_scale: machine: {machine_note()}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(engine_version() + f"; batch {args.batch_size:,} events")
+    batch = (f"{args.batch_size:,} events" if args.batch_size else
+             f"{DEFAULT_IMPORT_BATCH:,} events, growing with the graph to {MAX_IMPORT_BATCH:,}")
+    print(engine_version() + f"; batch {batch}")
     size = sum(source.size or 0 for source in expand_sources(args.paths))  # the files the import will read
     print(f"input: {' '.join(args.paths)}: {size / 1e9:,.1f} GB on disk")
     print(f"{'events':>12} {'elapsed s':>10} {'slice ev/s':>11} {'all ev/s':>10} {'writer MB':>10}"

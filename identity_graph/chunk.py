@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Callable, Mapping, Optional
+import pickle
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import msgspec
 import orjson
 
 from .batch import Plan, event_digest, plan_event
 from .events import Event
+from .pipe import pickled
 from .register import register_key
 from .rules import MergeRules
 
@@ -76,7 +78,11 @@ class Chunk:
     #: Set by a parse worker that leaves ``others`` out of the pipe: which chunk of its input
     #: unit this is, so that the writer can read them again if it needs them (``reread``).
     others_at: int | None = None
-    reread: Callable[[], list[tuple[tuple[Any, ...], Any]]] | None = field(default=None, repr=False, compare=False)
+    #: Called with ``register``: not the chunk itself, whose reference would make a cycle
+    #: that keeps every chunk alive while the collector is paused, and not holding the
+    #: register, which a packed chunk (see packed) must not keep as objects.
+    reread: Callable[[list[Any]], list[tuple[tuple[Any, ...], Any]]] | None = field(
+        default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.register) + len(self.repeats)
@@ -93,7 +99,7 @@ class Chunk:
         if self.others is None:  # left out of the pipe (see others_at)
             if self.reread is None:
                 raise RuntimeError("a chunk's fall-back events were left out, and nothing can read them again")
-            self.others = self.reread()
+            self.others = self.reread(self.register)
         elif isinstance(self.others, bytes):  # as it crossed the pipe (see __getstate__)
             self.others = [(tuple(f), tuple(o) if type(o) is list else o) for f, o in orjson.loads(self.others)]
         return self.others
@@ -118,6 +124,13 @@ class Chunk:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["register"] = _decode_register(state["register"])
         self.__dict__.update(state)
+
+    def packed(self) -> "PackedChunk":
+        """This chunk as bytes, in about a third of the memory of its objects, for a
+        transaction that keeps what it has applied until it commits (see
+        :meth:`IdentityGraph.apply_chunks`): its pickle, as it crosses the pipe (see
+        ``__getstate__``), ~0.6 us an event to make."""
+        return PackedChunk(pickled(self), self.reread)
 
     def repeat_plans(self, rules: MergeRules) -> list[Plan]:
         return _plans(self.repeats, rules)
@@ -149,6 +162,26 @@ class Chunk:
                     if digest is None or (type_, digest) != (row[2], row[3]) or row[1] < time:
                         return None
         return others
+
+
+class PackedChunk(NamedTuple):
+    """A :class:`Chunk` packed (:meth:`Chunk.packed`); ``unpack()`` gives it back.
+
+    >>> c = ChunkBuilder(MergeRules())
+    >>> c.add(Event("identify", "m1", 5, "u1", "a1"), ("f", 1, None))
+    >>> chunk = c.take()
+    >>> again = chunk.packed().unpack()
+    >>> (again.register, again.planned) == (chunk.register, chunk.planned)
+    True
+    """
+
+    data: memoryview
+    reread: Callable[[list[Any]], list[tuple[tuple[Any, ...], Any]]] | None
+
+    def unpack(self) -> Chunk:
+        chunk: Chunk = pickle.loads(self.data)
+        chunk.reread = self.reread
+        return chunk
 
 
 def _plans(rows: list[tuple[tuple[Any, ...], Any]], rules: MergeRules) -> list[Plan]:

@@ -46,6 +46,20 @@ if TYPE_CHECKING:  # not at run time: the parse workers load this module, and ne
 # each, alternated; the writer's largest RSS 404 -> 606 MB). A first try with 300,000 gave
 # about half the gain, and 1,000,000 little more than 500,000.
 DEFAULT_IMPORT_BATCH = 500_000
+#: Unless told a batch size, an import's transactions grow with the graph: one commit
+#: rewrites about every page of those indexes however many events it holds, and the
+#: indexes grow with the history, so a fixed batch writes more per event the larger the
+#: graph (100M events at 500,000 a batch, session 16: 828 GB written for an 18.6 GB graph,
+#: and the rate fell from 64k to 17k events/s). A batch of a 1/``BATCH_GROWTH`` of the
+#: register's rows keeps the pages written per event about flat. Measured on the register
+#: alone (20M random keys, 16 KB pages, session 17): commits of 2M instead of 500k wrote
+#: 7.3 GB instead of 17.2 GB and took 39 s instead of 46 s for the last 5M; sorting a whole
+#: 500k commit's keys at once instead of per 100k chunk wrote as much. A whole import of 30M
+#: events: 578 s -> 457-495 s, 99 GB -> 47-49 GB written (benchmarks/README.md, session 17).
+BATCH_GROWTH = 8
+#: The largest grown batch: its parsed events are kept until it commits (see apply_chunks),
+#: the first DEFAULT_IMPORT_BATCH as objects (~440 bytes an event), the rest packed (~140).
+MAX_IMPORT_BATCH = 2_000_000
 #: Events per chunk, the pipeline's unit (what a parse worker hands the writer, at most a
 #: batch): larger chunks keep the writer waiting longer at the start and the workers at the
 #: end, and cost memory on both sides of the pipe.
@@ -150,7 +164,7 @@ def import_events(
     graph: IdentityGraph,
     sources: Iterable[str | os.PathLike[str]],
     *,
-    batch_size: int = DEFAULT_IMPORT_BATCH,
+    batch_size: int | None = None,
     strict: bool = False,
     on_issue: Callable[[ImportIssue], None] | None = None,
     on_progress: Callable[[ImportProgress], None] | None = None,
@@ -163,8 +177,9 @@ def import_events(
     :class:`StrictImportStopped` after committing the events before it. A missing path
     or unreadable file raises :class:`~identity_graph.readers.SourceError` before or while
     reading it, after committing the events read before it; re-running completes the import.
-    ``batch_size``: events per transaction (see ``DEFAULT_IMPORT_BATCH``); a batch is
-    applied in chunks of at most ``CHUNK_EVENTS`` and kept in memory until it commits.
+    ``batch_size``: events per transaction; a batch is applied in chunks of at most
+    ``CHUNK_EVENTS`` and kept in memory until it commits. None (the default): it grows
+    with the graph, from ``DEFAULT_IMPORT_BATCH`` to ``MAX_IMPORT_BATCH`` (see :func:`batch_events`).
     ``parallel``: read and validate in child processes (two; see "the parse workers"
     below) while this one writes. Off by default in the library: they are *spawned*,
     which re-imports the calling script,
@@ -185,7 +200,7 @@ def import_events(
     >>> s.applied, s.invalid, str(s.issues[0]).endswith("a.jsonl:2: userId: the event has neither a userId nor an anonymousId")
     (1, 1, True)
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     expanded = expand_sources(sources)  # a missing path fails before anything is written
     summary = ImportSummary(files=len(expanded))
@@ -214,7 +229,7 @@ def _import(
     graph: IdentityGraph,
     expanded: list[Source],
     summary: ImportSummary,
-    batch_size: int,
+    batch_size: int | None,
     strict: bool,
     report: Callable[[ImportIssue], None],
     progress: Callable[[int], None],
@@ -222,7 +237,8 @@ def _import(
 ) -> None:
     started = time.perf_counter()
     rules = graph.rules
-    args = (expanded, min(batch_size, CHUNK_EVENTS), rules, strict)
+    registered = graph.register_size() if batch_size is None else 0
+    args = (expanded, min(batch_size or DEFAULT_IMPORT_BATCH, CHUNK_EVENTS), rules, strict)
     # Workers leave a chunk's fall-back events out of the pipe, for the writer to read again
     # in the rare fall-back (~half of a chunk's bytes; 0.2-0.4 s of a 1M-event import),
     # except where every batch falls back: a graph that has erased IDs (see apply_chunk).
@@ -260,8 +276,14 @@ def _import(
         # not held while the parsing starts, and an input without events writes nothing.
         first = take()
         while first is not None:
-            for chunk, conflicting in graph.apply_chunks(_batch(first, batch_size, take), summary):
-                _report_conflicts(chunk, conflicting, report)
+            # The events read so far stand for the rows they registered (a re-run's duplicates
+            # register nothing, but a re-run's batches need no growing).
+            size = batch_size or batch_events(registered + summary.events)
+            # Past the events of a default batch, the chunks a grown transaction keeps for a
+            # retry are packed: 30M events, the writer's peak 2,449 -> 1,772 MB (session 17).
+            for line_offset, conflicting in graph.apply_chunks(_batch(first, size, take), summary,
+                                                               keep=DEFAULT_IMPORT_BATCH):
+                _report_conflicts(line_offset, conflicting, report)
             first = take()
         if stop:
             if isinstance(stop[0], StrictImportStopped):
@@ -269,6 +291,16 @@ def _import(
             raise stop[0]
     finally:
         chunks.close()
+
+
+def batch_events(registered: int) -> int:
+    """Events in an import's next transaction when the graph's register holds about
+    ``registered`` rows (and no batch size was given): see ``BATCH_GROWTH``.
+
+    >>> batch_events(0), batch_events(8_000_000), batch_events(100_000_000)
+    (500000, 1000000, 2000000)
+    """
+    return max(DEFAULT_IMPORT_BATCH, min(MAX_IMPORT_BATCH, registered // BATCH_GROWTH))
 
 
 def _batch(first: Chunk, size: int, take: Callable[[], Chunk | None]) -> Iterator[Chunk]:
@@ -472,10 +504,8 @@ def _parse_in_worker(
                     started.add(fd)
                 elif kind == "chunk":
                     chunk = payload[0]
-                    if chunk.others_at is not None:
-                        # Not the chunk itself: a cycle would keep every chunk alive while the
-                        # collector is paused.
-                        chunk.reread = partial(_reread_others, unit, chunk.others_at, chunk.now, chunk.register,
+                    if chunk.others_at is not None:  # see Chunk.reread
+                        chunk.reread = partial(_reread_others, unit, chunk.others_at, chunk.now,
                                                chunk_size, rules, strict, workers)
                     yield _shifted(payload, offset) if offset else payload
                 elif kind == "error":
@@ -540,8 +570,8 @@ def _unit_chunks(
 
 
 def _reread_others(
-    unit: Unit, ordinal: int, now: int, register: list[Any], chunk_size: int, rules: MergeRules, strict: bool,
-    workers: int,
+    unit: Unit, ordinal: int, now: int, chunk_size: int, rules: MergeRules, strict: bool, workers: int,
+    register: list[Any],
 ) -> list[tuple[tuple[Any, ...], Any]]:
     """The fall-back events a worker left out of the ``ordinal``-th chunk of ``unit``, read
     again: the same cuts, the chunk's ``now`` for events without a time. The chunk's
@@ -653,11 +683,11 @@ def _validate(item: Item, now: int) -> Event | ImportIssue:
         return ImportIssue(item.location, str(exc), raw_text(item))
 
 
-def _report_conflicts(chunk: Chunk, conflicting: list[Plan], report: Callable[[ImportIssue], None]) -> None:
+def _report_conflicts(line_offset: int, conflicting: list[Plan], report: Callable[[ImportIssue], None]) -> None:
     for plan in conflicting:
         # Not an invalid line, but the user must hear of it: it names the line and the
         # messageId, and the errors file gets what the graph would have used of it.
         e = plan.event
         raw = orjson.dumps({"messageId": e.message_id, "type": e.type, "timestamp": e.timestamp.isoformat(),
                             "userId": e.user_id, "anonymousId": e.anonymous_id, "previousId": e.previous_id})
-        report(ImportIssue(_at(*plan.origin, chunk.line_offset), f"messageId: {CONFLICT_REASON} ({e.message_id!r})", raw))
+        report(ImportIssue(_at(*plan.origin, line_offset), f"messageId: {CONFLICT_REASON} ({e.message_id!r})", raw))

@@ -53,6 +53,13 @@ def frame(message: Any) -> memoryview:
     return framed
 
 
+def pickled(message: Any) -> memoryview:
+    """``message``'s pickle without the memo, as :func:`frame` makes it, for ``pickle.loads``:
+    for an object kept as bytes for a while (~0.6 us an event of a chunk, against ~1 us with
+    the memo)."""
+    return frame(message)[_HEADER.size:]
+
+
 def send(fd: int, message: Any) -> None:
     """Write ``message`` to the pipe ``fd``, whole (a pipe takes a large write in parts).
     Raises ``BrokenPipeError`` once the reader has closed its end."""

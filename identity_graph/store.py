@@ -313,6 +313,19 @@ class Store:
 
         return self.run_write(go)
 
+    def register_size(self) -> int:
+        """About how many events the messageId register holds, cheaply: its last rowid on
+        SQLite (exact: register rows are never deleted), the planner's row estimate on
+        PostgreSQL (as of the last ANALYZE; 0 before one), not a count of a table that
+        grows with every event."""
+        with self._read() as cur:
+            if self.pg:
+                cur.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass('ig_events')")
+                row = cur.fetchone()
+                return max(int(row[0]), 0) if row and row[0] is not None else 0
+            cur.execute("SELECT max(rowid) FROM ig_events")
+            return int(cur.fetchone()[0] or 0)
+
     def has_erased_ids(self) -> bool:
         """Whether an ID was ever erased (the lock row counts them; see WriteTx.suppress)."""
         return bool((self.read_json_meta("lock") or {}).get("suppressed"))

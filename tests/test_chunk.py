@@ -143,7 +143,7 @@ def test_a_builder_that_leaves_the_fall_back_events_out_keeps_everything_else() 
         kept.register, kept.planned, kept.lone, kept.lone_events, kept.blocked, kept.repeats, kept.held)
     with pytest.raises(RuntimeError, match="fall-back events were left out"):
         left.all_plans(MergeRules())
-    left.reread = lambda: kept.others  # type: ignore[assignment,return-value]
+    left.reread = lambda register: kept.others  # type: ignore[assignment,return-value]
     assert left.all_plans(MergeRules()) == kept.all_plans(MergeRules())
 
 

@@ -690,18 +690,27 @@ def test_every_failing_database_call_of_a_read_command_is_a_one_line_error(
     assert not findings.by_kind, f"{backend.name}, {' '.join(command)}, {total} faults injected:\n{findings.report()}"
 
 
-@pytest.mark.parametrize("chunk", [None, 5], ids=["chunk=batch", "chunk=5"])
+@pytest.mark.parametrize(("chunk", "packed"), [(None, False), (5, False), (5, True)],
+                         ids=["chunk=batch", "chunk=5", "chunk=5,packed"])
 def test_a_transient_error_on_a_write_call_is_retried_invisibly(
-    backend: Backend, history_file: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None
+    backend: Backend, history_file: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None, packed: bool
 ) -> None:
     """"database is locked" (SQLite) or a serialisation failure (PostgreSQL), once, on a
     call of the write path: the import completes, with the uninterrupted graph and the
     very same summary (a retried batch is neither lost nor counted twice). Tried on the
     first call of each kind of statement and on the last commit. With ``chunk``, a batch
     is four chunks of 5 events: the retried transaction applies the ones it had taken
-    again, then takes the rest."""
+    again, then takes the rest. With ``packed``, it keeps only the first chunk as it is and
+    packs the others (see IdentityGraph.apply_chunks), which the retry unpacks."""
     if chunk is not None:
         monkeypatch.setattr(importer, "CHUNK_EVENTS", chunk)
+    unpacked: list[int] = []
+    if packed:
+        monkeypatch.setattr(importer, "DEFAULT_IMPORT_BATCH", chunk)
+        from identity_graph.chunk import PackedChunk
+
+        unpack = PackedChunk.unpack
+        monkeypatch.setattr(PackedChunk, "unpack", lambda self: unpacked.append(1) or unpack(self))
         # Every call of the first batch, not only the first of each kind: a failure after
         # its second chunk was taken must replay the first two before taking the third.
     faults = Faults(transient_error(backend.name))
@@ -734,6 +743,7 @@ def test_a_transient_error_on_a_write_call_is_retried_invisibly(
         assert _summary_counts(summary) == expected_summary, where
         snap = snapshot(url)
         assert snap.problems == [] and snap.state == full, where
+    assert bool(unpacked) == packed  # some retry applied packed chunks again
 
 
 def test_a_full_sqlite_file_is_a_clear_error_and_a_rerun_completes(

@@ -382,7 +382,9 @@ def test_the_graph_keeps_its_rules_when_imported_from_the_command_line(tmp_path:
 
 
 def test_the_batch_size_default_is_the_importers() -> None:
-    from identity_graph.importer import DEFAULT_IMPORT_BATCH
+    from identity_graph.importer import BATCH_GROWTH, DEFAULT_IMPORT_BATCH, MAX_IMPORT_BATCH
 
     option = next(p for p in cli.commands["import"].params if p.name == "batch_size")
-    assert option.default == DEFAULT_IMPORT_BATCH
+    assert option.default is None  # the importer's growing batch
+    assert f"Default: {DEFAULT_IMPORT_BATCH:,}, growing with the graph to {MAX_IMPORT_BATCH:,}" in option.help
+    assert BATCH_GROWTH == 8 and "(an eighth of the events it holds)" in option.help

@@ -19,6 +19,7 @@ from helpers import P, alias, ev, identify, profiles
 from helpers import linked_history
 from identity_graph import IdentityGraph, MergeRules
 from identity_graph.importer import ImportIssue, StrictImportStopped, import_events
+import identity_graph.importer as importer
 from identity_graph.readers import SourceError, expand_sources
 from identity_graph.results import CONFLICT_REASON
 from identity_graph.store import WriteTx
@@ -911,10 +912,10 @@ def test_a_file_that_changed_under_the_import_is_not_read_again_as_if_it_had_not
     path, _, _ = _fall_back_history(tmp_path, gz=False)
     unit = importer.Unit(expand_sources([path])[0])
     chunk = next(importer._unit_chunks(unit, 100, MergeRules(), False, 1))[0]
-    assert importer._reread_others(unit, 0, chunk.now, chunk.register, 100, MergeRules(), False, 1) == chunk.others
+    assert importer._reread_others(unit, 0, chunk.now, 100, MergeRules(), False, 1, chunk.register) == chunk.others
     path.write_bytes(jsonl(linked_history(3000, 22)))
     with pytest.raises(SourceError, match=rf"^{path}: the file changed while it was being imported; run the import again$"):
-        importer._reread_others(unit, 0, chunk.now, chunk.register, 100, MergeRules(), False, 1)
+        importer._reread_others(unit, 0, chunk.now, 100, MergeRules(), False, 1, chunk.register)
 
 
 def test_the_writer_lets_go_of_each_chunk_once_applied(
@@ -944,3 +945,74 @@ def test_the_writer_lets_go_of_each_chunk_once_applied(
     finally:
         if was:
             gc.enable()
+
+
+def _transaction_sizes(graph: IdentityGraph, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The events of each transaction the graph's imports apply, in order (filled as they run)."""
+    sizes: list[int] = []
+    apply = graph.apply_chunks
+
+    def counted(chunks: Any, summary: Any, **options: Any) -> Any:
+        events = [0]
+
+        def counting() -> Any:
+            for chunk in chunks:
+                events[0] += len(chunk)
+                yield chunk
+
+        out = apply(counting(), summary, **options)
+        sizes.append(events[0])
+        return out
+
+    monkeypatch.setattr(graph, "apply_chunks", counted)
+    return sizes
+
+
+def test_transactions_grow_with_the_register_unless_a_batch_size_is_given(
+    graph: IdentityGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``batch_size`` a transaction takes max(DEFAULT_IMPORT_BATCH, registered /
+    BATCH_GROWTH) events, at most MAX_IMPORT_BATCH (here 10, /2 and 40, in chunks of 5),
+    counting the rows the graph held before and the events read since; with it, every
+    transaction takes that many. The graph is the same either way."""
+    monkeypatch.setattr(importer, "CHUNK_EVENTS", 5)
+    monkeypatch.setattr(importer, "DEFAULT_IMPORT_BATCH", 10)
+    monkeypatch.setattr(importer, "BATCH_GROWTH", 2)
+    monkeypatch.setattr(importer, "MAX_IMPORT_BATCH", 40)
+    history = linked_history(400, seed=5)
+    first, second = _write(tmp_path, "a.jsonl", jsonl(history[:200])), _write(tmp_path, "b.jsonl", jsonl(history[200:]))
+    sizes = _transaction_sizes(graph, monkeypatch)
+    import_events(graph, [first])
+    # Events read when each transaction starts, its first chunk included: 5 and 15 -> 10;
+    # 25 -> 12, so 15 (a transaction ends at the first chunk boundary at or past its size);
+    # 40 -> 20; 60 -> 30; 90, 130 and 170 -> 40 (the cap), the last cut short by the end of the input.
+    assert sizes == [10, 10, 15, 20, 30, 40, 40, 35]
+    graph.optimize()  # PostgreSQL's size is the planner's estimate: ANALYZE (an import of 10k events does it)
+    assert graph.register_size() == 200
+    del sizes[:]
+    import_events(graph, [second])  # a graph of 200 rows: 100, capped at 40, from the first transaction
+    assert sizes == [40, 40, 40, 40, 40]
+    grown = profiles(graph)
+    del sizes[:]
+    with IdentityGraph(f"sqlite:///{tmp_path / 'fixed.db'}") as fixed:
+        fixed_sizes = _transaction_sizes(fixed, monkeypatch)
+        import_events(fixed, [first, second], batch_size=30)
+        assert fixed_sizes == [30] * 13 + [10]
+        assert profiles(fixed) == grown
+
+
+def test_batch_events_grows_from_the_default_to_the_cap() -> None:
+    from identity_graph.importer import BATCH_GROWTH, DEFAULT_IMPORT_BATCH, MAX_IMPORT_BATCH, batch_events
+
+    assert batch_events(0) == DEFAULT_IMPORT_BATCH
+    assert batch_events(DEFAULT_IMPORT_BATCH * BATCH_GROWTH) == DEFAULT_IMPORT_BATCH
+    assert batch_events(3 * DEFAULT_IMPORT_BATCH * BATCH_GROWTH) == 3 * DEFAULT_IMPORT_BATCH
+    assert batch_events(10**12) == MAX_IMPORT_BATCH
+
+
+def test_register_size_counts_the_registered_events(graph: IdentityGraph, tmp_path: Path) -> None:
+    """Exact on SQLite; on PostgreSQL the planner's estimate, exact once a small table is analysed."""
+    assert graph.register_size() == 0
+    graph.ingest_many(linked_history(50, seed=2))
+    graph.optimize()  # PostgreSQL: ANALYZE
+    assert graph.register_size() == 50
