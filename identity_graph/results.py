@@ -130,6 +130,8 @@ class IngestSummary:
     conflicts: int = 0
     invalid: int = 0
     blocked: int = 0
+    #: The outcomes of this call's links when they were applied. A late event's replay may decide
+    #: stored links again, so :class:`GraphStats` (the stored outcomes) can differ from the sum.
     links_merged: int = 0
     links_together: int = 0
     links_refused: Counter = field(default_factory=Counter)
@@ -174,6 +176,7 @@ class GraphStats:
     newest_event: datetime | None
     size_histogram: tuple[tuple[str, int], ...]
     largest_profiles: tuple[tuple[str, int], ...]
+    #: Links by their stored outcome, as the last replay of their cluster left it.
     links_merged: int
     links_together: int
     links_refused: dict[str, int]

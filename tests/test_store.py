@@ -169,3 +169,16 @@ def test_stats_counts_links_as_a_group_by_over_every_link_would(make_graph, grap
         assert s.links_refused == {"known_id": 1, "size_cap": 1, None: 1}  # counted, not lost
     finally:
         engine.dispose()
+
+
+def test_a_late_event_decides_stored_links_again_so_stats_and_summaries_differ(make_graph) -> None:  # type: ignore[no-untyped-def]
+    """The summaries count each link's outcome when it is applied; stats() the stored ones. A
+    late event replays its cluster in event-time order, which can change a stored outcome."""
+    g = make_graph()
+    first = g.ingest_many([identify(10, "m1", user="u1", anon="a1")])  # a1 -> u1: merged
+    late = g.ingest_many([identify(5, "m0", user="u2", anon="a1")])  # earlier: a1 goes to u2 first
+    assert (first.links_merged, late.links_merged, late.replayed_events) == (1, 1, 1)
+    assert sum(s.links_refused.total() for s in (first, late)) == 0
+    s = g.stats()  # replayed: a1 -> u2 merged at 5, then a1 -> u1 refused at 10 (known_id)
+    assert (s.links_merged, s.links_refused) == (1, {"known_id": 1})
+    assert profiles(g) == {P("u2", "a1"), P("u1")}
