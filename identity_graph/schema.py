@@ -31,19 +31,25 @@ every commit rewrite most of its pages. An event's links are now found by their 
 index takes its inserts at its end. Measured on the benchmark's 265k links with its 1M
 register rows, in commits of 100k events: links plus commits 2.0 s -> 1.4-1.5 s; the whole
 1M-event import, the writer's CPU 5.6-5.7 s -> 5.0-5.6 s. A graph made before gets its
-links copied into the new table when it is first opened (``store._set_aside_old_links``).
+links copied into the new table when it is first opened (now ``links.Links.set_aside``).
 
 Schema 7 changes the register's keys from blake2b to XXH3 (``register_key``): the parse
 workers compute one per event of an import, and XXH3 takes ~0.2 us against ~0.5-0.8 us
 (1M events: ~0.3-0.5 CPU seconds less). A register made before is copied under the new keys
 when the graph is first opened (``Register.migrate``); its key index's name tells it.
+
+Schema 8 folds the links that repeat a (source, target) pair: each row gets the pair's
+64-bit key and a repeat flag, and the source and target indexes hold first rows only (see
+:mod:`identity_graph.links`, which measured it). A graph made before gets its links copied
+into the new table, with their keys and flags, when it is first opened
+(``Links.set_aside`` / ``Links.copy_old``); its index names tell it.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text, text
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 
 IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
 # INTEGER on SQLite makes a primary key the rowid itself: one B-tree, no separate index.
@@ -77,7 +83,9 @@ profiles_t = Table(
 #: Every link with its event and outcome; identified by (messageId, 0 explicit | 1 implicit),
 #: unique because the register is (no index of its own: see above), found by the event's
 #: ``time`` and messageId. ``outcome`` is merged, together, refused (with ``reason``) or
-#: unmerged (taken out by ``IdentityGraph.unmerge`` and skipped by every replay).
+#: unmerged (taken out by ``IdentityGraph.unmerge`` and skipped by every replay). ``pair``
+#: and ``repeat`` fold the rows of one (source, target): see :mod:`identity_graph.links`.
+_FIRST = text("repeat = 0")
 links_t = Table(
     "ig_links", metadata,
     Column("message_id", Text, nullable=False),
@@ -89,9 +97,12 @@ links_t = Table(
     Column("time", BigInteger, nullable=False),
     Column("outcome", String(8), nullable=False),
     Column("reason", String(16)),
+    Column("pair", BigInteger, nullable=False),
+    Column("repeat", SmallInteger, nullable=False),
     Index("ix_ig_links_time", "time"),
-    Index("ix_ig_links_source", "source"),
-    Index("ix_ig_links_target", "target"),
+    Index("ix_ig_links_source", "source", sqlite_where=_FIRST, postgresql_where=_FIRST),
+    Index("ix_ig_links_target", "target", sqlite_where=_FIRST, postgresql_where=_FIRST),
+    Index("ix_ig_links_pair", "pair", "repeat"),
 )
 
 #: The register of seen messageIds (rule 9), found by ``key``: a 64-bit hash of the messageId,

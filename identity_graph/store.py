@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from .errors import DatabaseUnavailable, StoreError, UnknownId
 from .resolver import NO_KEY, Key
 from .rules import MERGED, REFUSED, TOGETHER, UNMERGED
+from .links import COLUMNS as _LINK_COLUMNS, Links
 from .register import Register, Row
 from .rows import StoredId, StoredLink
 from .schema import SCHEMA_VERSION, events_t, ids_t, links_t, meta_t, metadata, profiles_t
@@ -67,7 +68,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '7'
+    '8'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -157,17 +158,18 @@ class Store:
                     # CREATE TABLE IF NOT EXISTS still races on the catalog; serialise creators.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
                 # A register made before schema 7 is copied under XXH3 keys, and links
-                # made before schema 6 into the unkeyed table (each copy makes its new table),
-                # in this same transaction: all or nothing.
+                # made before schema 8 into the folded layout (each copy makes its new
+                # table), in this same transaction: all or nothing.
                 cur = conn.connection.cursor()
                 sql = _Sql(self.pg)
                 started = _time.perf_counter()
                 try:
-                    old_links = _set_aside_old_links(cur, sql)
+                    links = Links(cur, sql)
+                    old_links = links.set_aside()
                     old_register = Register(cur, sql).migrate(lambda: metadata.create_all(conn))
                     metadata.create_all(conn)
                     if old_links:
-                        _copy_old_links(cur)
+                        links.copy_old(WriteTx(cur, self.pg).insert_rows)
                 finally:
                     cur.close()
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
@@ -463,30 +465,6 @@ def _link_counts(one: Callable[..., Any], lk: Any) -> list[tuple[str, str | None
 _NEW_LOCK = {"generation": "new", "next_profile_id": 1, "duplicates": 0}
 
 
-def _set_aside_old_links(cur: Any, sql: _Sql) -> bool:
-    """Rename a links table made before schema 6 (keyed by (messageId, seq), no time index)
-    to ``ig_links_v5``, for :func:`_copy_old_links` once the new one exists; False when
-    there is none (no graph yet, or a new one). Its indexes go first: the new table's
-    take their names."""
-    indexes = sql.index_names(cur, "ig_links")
-    if not indexes or "ix_ig_links_time" in indexes:
-        return False  # every links table ever made had indexes: none means no table
-    for name in ("ix_ig_links_source", "ix_ig_links_target"):
-        if name in indexes:
-            cur.execute(f"DROP INDEX {name}")
-    cur.execute("ALTER TABLE ig_links RENAME TO ig_links_v5")
-    return True
-
-
-def _copy_old_links(cur: Any) -> None:
-    """Copy the links set aside by :func:`_set_aside_old_links` into the new table, in the
-    order the new time index likes, and drop the old one (one transaction with the rest of
-    the upgrade: all or nothing)."""
-    cur.execute(f"INSERT INTO ig_links ({_LINK_COLUMNS}) SELECT {_LINK_COLUMNS} FROM ig_links_v5"
-                " ORDER BY time, message_id, seq")
-    cur.execute("DROP TABLE ig_links_v5")
-
-
 def _one_line(exc: BaseException | None) -> str:
     """Driver messages span lines (libpq adds hints); an error message is one line."""
     return " ".join(str(exc).split())
@@ -548,7 +526,10 @@ _LOAD_IDS = (
     " p.canonical, p.size, p.known, p.last_time, p.last_msg"
     " FROM ig_ids i JOIN ig_profiles p ON p.profile_id = i.profile_id WHERE "
 )
-_LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome, reason"
+
+
+def _in_time_order(rows: Iterable[tuple[Any, ...]]) -> list[StoredLink]:
+    return sorted((StoredLink(*r) for r in rows), key=lambda l: (l.time, l.message_id, l.seq))
 
 
 class ReadTx:
@@ -602,11 +583,12 @@ class ReadTx:
         seen = set(seeds)
         frontier = list(seen)
         seen_profiles: set[int] = set()
+        links = Links(self.cur, self.sql)
         while frontier:
             found: set[str] = set()
             pids = {r[0] for r in self._select_in("SELECT profile_id FROM ig_ids WHERE ", "id", frontier)}
             for column in ("source", "target"):
-                for src, dst in self._select_in("SELECT source, target FROM ig_links WHERE ", column, frontier):
+                for src, dst in links.pairs(column, frontier):  # each pair once, not each repeat
                     found.add(src)
                     found.add(dst)
             new_pids = list(pids - seen_profiles)
@@ -617,17 +599,13 @@ class ReadTx:
         return seen
 
     def links_touching(self, ids: Iterable[str]) -> list[StoredLink]:
-        """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links)."""
-        return [StoredLink(*r) for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", "source", ids)]
+        """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links),
+        in event-time order."""
+        return _in_time_order(Links(self.cur, self.sql).rows(ids))
 
     def links_of(self, ids: Iterable[str]) -> list[StoredLink]:
         """Stored links with ``source`` or ``target`` in ``ids``, in event-time order."""
-        items = list(ids)
-        found: dict[tuple[str, int], StoredLink] = {}
-        for column in ("source", "target"):
-            for r in self._select_in(f"SELECT {_LINK_COLUMNS} FROM ig_links WHERE ", column, items):
-                found[(r[0], r[1])] = StoredLink(*r)
-        return sorted(found.values(), key=lambda l: (l.time, l.message_id, l.seq))
+        return _in_time_order(Links(self.cur, self.sql).rows(ids, ("source", "target")))
 
     def links_of_message(self, message_id: str, time: int) -> list[StoredLink]:
         """The links one event (its messageId and its registered time) made, in ``seq`` order."""
@@ -713,7 +691,7 @@ class WriteTx(ReadTx):
         if rows:
             self.cur.executemany(self.sql(sql), rows)
 
-    def _insert(self, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    def insert_rows(self, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
         """Insert new rows (no conflicts possible: the caller knows they are new)."""
         if not rows:
             return
@@ -729,11 +707,11 @@ class WriteTx(ReadTx):
 
     def insert_ids(self, rows: list[tuple[str, int, int | None, str | None, int]]) -> None:
         """rows: (id, profile_id, known_time, known_msg, first_time)."""
-        self._insert("ig_ids", "id, profile_id, known_time, known_msg, first_time", rows)
+        self.insert_rows("ig_ids", "id, profile_id, known_time, known_msg, first_time", rows)
 
     def insert_links(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (message_id, seq, source, target, kind, event_type, time, outcome, reason)."""
-        self._insert("ig_links", _LINK_COLUMNS, rows)
+        Links(self.cur, self.sql).insert(rows, self.insert_rows)
 
     def set_id_fields(self, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         """Update ``fields`` of existing IDs; each row is the field values, then the ID."""
@@ -751,7 +729,7 @@ class WriteTx(ReadTx):
 
     def insert_profiles(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (profile_id, canonical, size, known, last_time, last_msg)."""
-        self._insert("ig_profiles", "profile_id, canonical, size, known, last_time, last_msg", rows)
+        self.insert_rows("ig_profiles", "profile_id, canonical, size, known, last_time, last_msg", rows)
 
     def update_profiles(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (profile_id, canonical, size, known, last_time, last_msg)."""
@@ -783,7 +761,7 @@ class WriteTx(ReadTx):
         """
         links = self.links_of([id_])
         messages = sorted({l.message_id for l in links})
-        self.cur.execute(self.sql("DELETE FROM ig_links WHERE source = ? OR target = ?"), (id_, id_))
+        Links(self.cur, self.sql).erase(id_)
         self.cur.execute(self.sql("DELETE FROM ig_ids WHERE id = ?"), (id_,))
         Register(self.cur, self.sql).clear_digests(messages)
         return messages

@@ -16,8 +16,9 @@ from sqlalchemy import create_engine, text
 
 from helpers import linked_history, identify, profiles
 from test_importer import stored_links
+from test_links import answers, folding
 from identity_graph import IdentityGraph, MergeRules, UnknownEvent
-from identity_graph import batch, chunk, register
+from identity_graph import batch, chunk, links, register
 from identity_graph.importer import import_events
 from identity_graph.register import register_key
 from identity_graph.schema import SCHEMA_VERSION
@@ -167,6 +168,25 @@ def make_old_links(url: str, version: str) -> None:
     engine.dispose()
 
 
+#: The indexes of schema 8's links.
+FOLDED = {"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target", "ix_ig_links_pair"}
+
+
+def make_unfolded_links(url: str, version: str) -> None:
+    """Turn a new graph's links back into the layout of schemas 6 and 7: no pair key, no
+    repeat flag, every row in the source and target indexes, found by time."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(OLD_LINKS.replace(", PRIMARY KEY (message_id, seq))", ")")))
+        conn.execute(text(f"INSERT INTO ig_links_old ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM ig_links"))
+        conn.execute(text("DROP TABLE ig_links"))
+        conn.execute(text("ALTER TABLE ig_links_old RENAME TO ig_links"))
+        for column in ("time", "source", "target"):
+            conn.execute(text(f"CREATE INDEX ix_ig_links_{column} ON ig_links ({column})"))
+        conn.execute(text(f"UPDATE ig_meta SET value = '{version}' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+
 def link_layout(g: IdentityGraph) -> tuple[set[str], bool]:
     """The indexes of ``ig_links`` and whether it has a primary key."""
     with g._store._connect() as conn:
@@ -203,7 +223,7 @@ def test_a_graph_made_before_schema_6_gets_its_links_copied_into_the_unkeyed_tab
         if old:
             make_old_links(url, "5")
         with IdentityGraph(url) as g:  # opening it migrates
-            assert link_layout(g) == ({"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target"}, False)
+            assert link_layout(g) == (FOLDED, False)
             statuses = [g.ingest(e).status for e in events]
             linked = [e["messageId"] for e in events[:100] if e["type"] == "alias"]
             edits = [(_plain(r.before), _plain(r.after)) for r in map(g.unmerge, linked[:3])]
@@ -211,6 +231,34 @@ def test_a_graph_made_before_schema_6_gets_its_links_copied_into_the_unkeyed_tab
             states.append((statuses, edits, profiles(g), stored_links(g), g.stats().events))
     assert states[0] == states[1]
     assert len(states[0][3]) > 50
+
+
+def test_a_schema_7_graph_gets_its_links_folded_when_opened(
+    graph_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same events into a new graph and into one whose links are unfolded in between
+    (copied in many small steps, so a pair's repeats span steps): the same answers, and
+    one first row per pair."""
+    monkeypatch.setattr(links, "_COPY_BATCH", 7)
+    events = linked_history(300, 13, users=6, devices=8)
+    states = []
+    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (graph_url, True)):
+        with IdentityGraph(url) as g:
+            first = [g.ingest(e).status for e in events[:200]]
+        if old:
+            make_unfolded_links(url, "7")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="identity_graph.store"):
+            g = IdentityGraph(url)  # opening it migrates
+        upgraded = [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "identity_graph.store"]
+        assert upgraded == ([f"upgraded the graph from schema 7 to {SCHEMA_VERSION} (links)"] if old else [])
+        with g:
+            assert link_layout(g) == (FOLDED, False)
+            rows, pairs = folding(g)
+            rest = [g.ingest(e).status for e in events]  # the first 200 again: nothing new
+            states.append((first, rest, rows, pairs, folding(g), answers(g, events)))
+    assert states[0] == states[1]
+    assert states[0][2] > 2 * states[0][3]  # repeats were folded across copy steps
 
 
 @pytest.mark.parametrize("keys", ["blake2b", "crowded"])
@@ -247,7 +295,7 @@ def check_migration(url_old: str, tmp_path: Path, layout: str) -> None:
                 version = conn.exec_driver_sql("SELECT value FROM ig_meta WHERE key = 'schema_version'").scalar()
                 keyed = conn.exec_driver_sql("SELECT count(*) FROM ig_events WHERE key IS NOT NULL").scalar()
             assert "key" in columns and version == SCHEMA_VERSION
-            assert link_layout(g) == ({"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target"}, False)
+            assert link_layout(g) == (FOLDED, False)
             states.append((first, rest, profiles(g), g.stats().events, keyed))
     assert states[0] == states[1]
     assert states[0][3] == states[0][4] > 100
@@ -276,7 +324,8 @@ def blake2b_key(message_id: str, level: int = 0) -> int:
 
 
 def make_blake2b_register(url: str) -> None:
-    """Give a new graph's register the keys and key index of schemas 5 and 6."""
+    """Give a new graph's register the keys and key index of schemas 5 and 6 (and its
+    links their layout of schema 6)."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:
         rows = conn.execute(text("SELECT message_id FROM ig_events")).scalars().all()
@@ -284,8 +333,8 @@ def make_blake2b_register(url: str) -> None:
         for m in rows:
             conn.execute(text("UPDATE ig_events SET key = :k WHERE message_id = :m"), {"k": blake2b_key(m), "m": m})
         conn.execute(text("CREATE UNIQUE INDEX ux_ig_events_key ON ig_events (key)"))
-        conn.execute(text("UPDATE ig_meta SET value = '6' WHERE key = 'schema_version'"))
     engine.dispose()
+    make_unfolded_links(url, "6")  # as a schema-6 graph's were
 
 
 def register_keys(g: IdentityGraph) -> dict[str, int]:
@@ -315,7 +364,7 @@ def test_a_register_of_blake2b_keys_gets_the_new_keys_when_opened(
             g = IdentityGraph(url)  # opening it migrates
         upgraded = [r.getMessage() for r in caplog.records if r.name == "identity_graph.store"]
         assert [m.split(" in ")[0] for m in upgraded] == (
-            [f"upgraded the graph from schema 6 to {SCHEMA_VERSION} (register)"] if old else [])
+            [f"upgraded the graph from schema 6 to {SCHEMA_VERSION} (register and links)"] if old else [])
         with g:
             after = register_keys(g)
             rest = [g.ingest(e).status for e in events]  # the first 100 again: nothing new
@@ -352,7 +401,7 @@ def test_the_command_line_says_when_it_upgraded_a_graph(tmp_path: Path) -> None:
     runs = [subprocess.run([sys.executable, "-m", "identity_graph", "--db", url, "lookup", "a1"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=60) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0] and runs[0].stdout == runs[1].stdout != ""
-    assert re.fullmatch(rf"identity-graph: upgraded the graph from schema 6 to {SCHEMA_VERSION} \(register\)"
+    assert re.fullmatch(rf"identity-graph: upgraded the graph from schema 6 to {SCHEMA_VERSION} \(register and links\)"
                         r" in \d+\.\d s\n", runs[0].stderr), runs[0].stderr
     assert runs[1].stderr == ""
 
