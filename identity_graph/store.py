@@ -1,4 +1,6 @@
-"""How is the graph kept? Every query on the graph's tables (see :mod:`.schema`), in one place.
+"""How is the graph kept? Every query on the graph's tables (see :mod:`.schema`), in one place,
+but for those that know the register's keys (:mod:`.register`) and the links' folded layout
+(:mod:`.links`), which run on this module's cursor.
 
 Layout: ``ig_ids`` maps each ID to its profile (indexed both ways); ``ig_profiles`` holds
 one row per profile with its canonical, size, "holds a known ID" flag and the key of the
