@@ -35,7 +35,7 @@ from xxhash import xxh3_64_intdigest
 #: The columns every link row has, in the order callers hand them (pair and repeat follow).
 COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome, reason"
 
-_BATCH = 500  # values per SQLite IN list (far below its limit on bound parameters)
+_BATCH = 500  # values per SQLite IN list (the store's chunk: far below its limit on bound parameters)
 # PostgreSQL takes a list as one array parameter, whatever its length: one round trip for
 # an insert's probe instead of one per 500 keys (1M-event import: the probes 0.74 -> ~0.1 s).
 _PG_BATCH = 50_000
@@ -67,18 +67,14 @@ class Links:
         self.sql = sql
 
     def _select_in(self, head: str, column: str, values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
-        items = list(values)
-        size = _PG_BATCH if self.sql.pg else _BATCH
-        for i in range(0, len(items), size):
-            where, params = self.sql.in_(column, items[i:i + size])
-            self.cur.execute(self.sql(head) + where, params)
-            yield from self.cur.fetchall()
+        return self.sql.select_in(self.cur, head, column, values, size=_PG_BATCH if self.sql.pg else _BATCH)
 
     # -- reads ---------------------------------------------------------------------------
 
-    def pairs(self, column: str, ids: Iterable[str]) -> Iterator[tuple[str, str]]:
-        """(source, target) of every stored pair whose ``column`` is in ``ids``, once each."""
-        return self._select_in(f"SELECT source, target FROM ig_links WHERE repeat = 0 AND ", column, ids)
+    def pairs(self, column: str, values: Iterable[Any]) -> Iterator[tuple[str, str]]:
+        """(source, target) of every stored pair whose ``column`` (source, target or its
+        key, ``pair``) is in ``values``, once each."""
+        return self._select_in("SELECT source, target FROM ig_links WHERE repeat = 0 AND ", column, values)
 
     def rows(self, ids: Iterable[str], columns: tuple[str, ...] = ("source",)) -> list[tuple[Any, ...]]:
         """Every stored row whose source (or, with ``columns``, target) is in ``ids``; the
@@ -86,8 +82,7 @@ class Links:
         wanted = set(ids)
         keys: set[int] = set()
         for column in columns:
-            keys.update(r[0] for r in self._select_in(
-                f"SELECT pair FROM ig_links WHERE repeat = 0 AND ", column, wanted))
+            keys.update(r[0] for r in self._select_in("SELECT pair FROM ig_links WHERE repeat = 0 AND ", column, wanted))
         found = self._select_in(f"SELECT {COLUMNS} FROM ig_links WHERE ", "pair", sorted(keys))
         # A key shared by another pair brings its rows too: keep only the asked-for IDs'.
         return [r for r in found if any(r[2 if c == "source" else 3] in wanted for c in columns)]
@@ -103,8 +98,7 @@ class Links:
         if not rows:
             return
         keys = [pair_key(r[2], r[3]) for r in rows]
-        first = set(self._select_in("SELECT source, target FROM ig_links WHERE repeat = 0 AND ", "pair",
-                                    sorted(set(keys))))
+        first = set(self.pairs("pair", sorted(set(keys))))
         folded = []
         for row, key in zip(rows, keys):
             pair = (row[2], row[3])

@@ -513,6 +513,17 @@ class _Sql:
             return f"{column} = ANY(%s)", [values]
         return f"{column} IN ({','.join('?' * len(values))})", values
 
+    def select_in(
+        self, cur: Any, head: str, column: str, values: Iterable[Any], prefix: tuple[Any, ...] = (),
+        size: int = _CHUNK,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``head + column IN values`` on ``cur``, ``size`` values a statement;
+        ``prefix`` binds ``head``'s own ``?``s."""
+        for chunk in _chunks(list(values), size):
+            where, params = self.in_(column, chunk)
+            cur.execute(self(head) + where, [*prefix, *params])
+            yield from cur.fetchall()
+
     def index_names(self, cur: Any, table: str) -> set[str]:
         """The names of ``table``'s indexes (an upgrade tells a table's schema by them)."""
         if self.pg:
@@ -540,16 +551,13 @@ class ReadTx:
     def __init__(self, cur: Any, pg: bool) -> None:
         self.cur = cur
         self.sql = _Sql(pg)
+        self.links = Links(cur, self.sql)
 
     def _select_in(
         self, head: str, column: str, values: Iterable[Any], prefix: tuple[Any, ...] = ()
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of ``head + column IN values``, in chunks; ``prefix`` binds ``head``'s own ``?``s."""
-        items = list(values)
-        for chunk in _chunks(items):
-            where, params = self.sql.in_(column, chunk)
-            self.cur.execute(self.sql(head) + where, [*prefix, *params])
-            yield from self.cur.fetchall()
+        return self.sql.select_in(self.cur, head, column, values, prefix)
 
     def load_ids(self, ids: Iterable[str]) -> dict[str, StoredId]:
         """The stored rows (with profile) of those of ``ids`` that exist."""
@@ -585,12 +593,11 @@ class ReadTx:
         seen = set(seeds)
         frontier = list(seen)
         seen_profiles: set[int] = set()
-        links = Links(self.cur, self.sql)
         while frontier:
             found: set[str] = set()
             pids = {r[0] for r in self._select_in("SELECT profile_id FROM ig_ids WHERE ", "id", frontier)}
             for column in ("source", "target"):
-                for src, dst in links.pairs(column, frontier):  # each pair once, not each repeat
+                for src, dst in self.links.pairs(column, frontier):  # each pair once, not each repeat
                     found.add(src)
                     found.add(dst)
             new_pids = list(pids - seen_profiles)
@@ -603,11 +610,11 @@ class ReadTx:
     def links_touching(self, ids: Iterable[str]) -> list[StoredLink]:
         """Stored links with ``source`` in ``ids`` (for a closed cluster: all its links),
         in event-time order."""
-        return _in_time_order(Links(self.cur, self.sql).rows(ids))
+        return _in_time_order(self.links.rows(ids))
 
     def links_of(self, ids: Iterable[str]) -> list[StoredLink]:
         """Stored links with ``source`` or ``target`` in ``ids``, in event-time order."""
-        return _in_time_order(Links(self.cur, self.sql).rows(ids, ("source", "target")))
+        return _in_time_order(self.links.rows(ids, ("source", "target")))
 
     def links_of_message(self, message_id: str, time: int) -> list[StoredLink]:
         """The links one event (its messageId and its registered time) made, in ``seq`` order."""
@@ -713,7 +720,7 @@ class WriteTx(ReadTx):
 
     def insert_links(self, rows: list[tuple[Any, ...]]) -> None:
         """rows: (message_id, seq, source, target, kind, event_type, time, outcome, reason)."""
-        Links(self.cur, self.sql).insert(rows, self.insert_rows)
+        self.links.insert(rows, self.insert_rows)
 
     def set_id_fields(self, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         """Update ``fields`` of existing IDs; each row is the field values, then the ID."""
@@ -763,7 +770,7 @@ class WriteTx(ReadTx):
         """
         links = self.links_of([id_])
         messages = sorted({l.message_id for l in links})
-        Links(self.cur, self.sql).erase(id_)
+        self.links.erase(id_)
         self.cur.execute(self.sql("DELETE FROM ig_ids WHERE id = ?"), (id_,))
         Register(self.cur, self.sql).clear_digests(messages)
         return messages

@@ -154,37 +154,25 @@ LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome
 
 
 def make_old_links(url: str, version: str) -> None:
-    """Turn a new graph's links back into the layout of schema 5 and before: keyed by
-    (messageId, seq), no time index."""
+    """Turn a new graph's links back into the layout of schema ``version``: up to 5 keyed
+    by (messageId, seq), without a time index; 6 and 7 unkeyed, found by time. Before 8,
+    no pair key and no repeat flag: every row in the source and target indexes."""
+    keyed = int(version) <= 5
+    table = OLD_LINKS if keyed else OLD_LINKS.replace(", PRIMARY KEY (message_id, seq))", ")")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:
-        conn.execute(text(OLD_LINKS))
+        conn.execute(text(table))
         conn.execute(text(f"INSERT INTO ig_links_old ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM ig_links"))
         conn.execute(text("DROP TABLE ig_links"))
         conn.execute(text("ALTER TABLE ig_links_old RENAME TO ig_links"))
-        conn.execute(text("CREATE INDEX ix_ig_links_source ON ig_links (source)"))
-        conn.execute(text("CREATE INDEX ix_ig_links_target ON ig_links (target)"))
+        for column in ("source", "target") if keyed else ("time", "source", "target"):
+            conn.execute(text(f"CREATE INDEX ix_ig_links_{column} ON ig_links ({column})"))
         conn.execute(text(f"UPDATE ig_meta SET value = '{version}' WHERE key = 'schema_version'"))
     engine.dispose()
 
 
 #: The indexes of schema 8's links.
 FOLDED = {"ix_ig_links_time", "ix_ig_links_source", "ix_ig_links_target", "ix_ig_links_pair"}
-
-
-def make_unfolded_links(url: str, version: str) -> None:
-    """Turn a new graph's links back into the layout of schemas 6 and 7: no pair key, no
-    repeat flag, every row in the source and target indexes, found by time."""
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.begin() as conn:
-        conn.execute(text(OLD_LINKS.replace(", PRIMARY KEY (message_id, seq))", ")")))
-        conn.execute(text(f"INSERT INTO ig_links_old ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM ig_links"))
-        conn.execute(text("DROP TABLE ig_links"))
-        conn.execute(text("ALTER TABLE ig_links_old RENAME TO ig_links"))
-        for column in ("time", "source", "target"):
-            conn.execute(text(f"CREATE INDEX ix_ig_links_{column} ON ig_links ({column})"))
-        conn.execute(text(f"UPDATE ig_meta SET value = '{version}' WHERE key = 'schema_version'"))
-    engine.dispose()
 
 
 def link_layout(g: IdentityGraph) -> tuple[set[str], bool]:
@@ -246,7 +234,7 @@ def test_a_schema_7_graph_gets_its_links_folded_when_opened(
         with IdentityGraph(url) as g:
             first = [g.ingest(e).status for e in events[:200]]
         if old:
-            make_unfolded_links(url, "7")
+            make_old_links(url, "7")
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="identity_graph.store"):
             g = IdentityGraph(url)  # opening it migrates
@@ -334,7 +322,7 @@ def make_blake2b_register(url: str) -> None:
             conn.execute(text("UPDATE ig_events SET key = :k WHERE message_id = :m"), {"k": blake2b_key(m), "m": m})
         conn.execute(text("CREATE UNIQUE INDEX ux_ig_events_key ON ig_events (key)"))
     engine.dispose()
-    make_unfolded_links(url, "6")  # as a schema-6 graph's were
+    make_old_links(url, "6")  # as a schema-6 graph's were
 
 
 def register_keys(g: IdentityGraph) -> dict[str, int]:
