@@ -43,13 +43,17 @@ Schema 8 folds the links that repeat a (source, target) pair: each row gets the 
 :mod:`identity_graph.links`, which measured it). A graph made before gets its links copied
 into the new table, with their keys and flags, when it is first opened
 (``Links.set_aside`` / ``Links.copy_old``); its index names tell it.
+
+Schema 9 makes the links' source and target indexes covering (see
+:mod:`identity_graph.links`): a schema-8 graph gets them made again when it is first
+opened (``Links.drop_narrow_indexes``); its rows stay as they are.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text, text
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 
 IdString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
 # INTEGER on SQLite makes a primary key the rowid itself: one B-tree, no separate index.
@@ -100,8 +104,11 @@ links_t = Table(
     Column("pair", BigInteger, nullable=False),
     Column("repeat", SmallInteger, nullable=False),
     Index("ix_ig_links_time", "time"),
-    Index("ix_ig_links_source", "source", sqlite_where=_FIRST, postgresql_where=_FIRST),
-    Index("ix_ig_links_target", "target", sqlite_where=_FIRST, postgresql_where=_FIRST),
+    # Covering (schema 9): a pair is probed, and an ID's pairs found, without reading the
+    # table. ``repeat`` is listed because SQLite counts a partial index as covering only
+    # when it holds the columns of its own WHERE clause.
+    Index("ix_ig_links_source", "source", "target", "repeat", "pair", sqlite_where=_FIRST, postgresql_where=_FIRST),
+    Index("ix_ig_links_target", "target", "source", "repeat", "pair", sqlite_where=_FIRST, postgresql_where=_FIRST),
     Index("ix_ig_links_pair", "pair", "repeat"),
 )
 

@@ -70,7 +70,7 @@ class Store:
 
     >>> store = Store("sqlite://")
     >>> store.read_meta("schema_version")
-    '8'
+    '9'
     """
 
     def __init__(self, url: str | None = None, *, busy_timeout: float = 60.0) -> None:
@@ -168,14 +168,22 @@ class Store:
                 try:
                     links = Links(cur, sql)
                     old_links = links.set_aside()
+                    narrow = stored == "8"
+                    if narrow:
+                        links.drop_narrow_indexes()
                     old_register = Register(cur, sql).migrate(lambda: metadata.create_all(conn))
                     metadata.create_all(conn)
+                    if narrow:  # create_all makes a table's indexes only with the table
+                        for index in links_t.indexes:
+                            if index.name in ("ix_ig_links_source", "ix_ig_links_target"):
+                                index.create(conn)
                     if old_links:
                         links.copy_old(WriteTx(cur, self.pg).insert_rows)
                 finally:
                     cur.close()
                 existing = dict(conn.execute(select(meta_t.c.key, meta_t.c.value)).all())
-                upgraded = [what for what, done in (("register", old_register), ("links", old_links)) if done]
+                upgraded = [what for what, done in (("register", old_register), ("links", old_links),
+                                                      ("link indexes", narrow)) if done]
                 if upgraded:
                     # An upgrade of a large graph takes seconds per million events: said, not printed.
                     log.info("upgraded the graph from schema %s to %s (%s) in %.1f s",

@@ -156,7 +156,17 @@ LINK_COLUMNS = "message_id, seq, source, target, kind, event_type, time, outcome
 def make_old_links(url: str, version: str) -> None:
     """Turn a new graph's links back into the layout of schema ``version``: up to 5 keyed
     by (messageId, seq), without a time index; 6 and 7 unkeyed, found by time. Before 8,
-    no pair key and no repeat flag: every row in the source and target indexes."""
+    no pair key and no repeat flag: every row in the source and target indexes. 8 has the
+    folded rows, but its source and target indexes hold one column each."""
+    if version == "8":
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:
+            for column in ("source", "target"):
+                conn.execute(text(f"DROP INDEX ix_ig_links_{column}"))
+                conn.execute(text(f"CREATE INDEX ix_ig_links_{column} ON ig_links ({column}) WHERE repeat = 0"))
+            conn.execute(text("UPDATE ig_meta SET value = '8' WHERE key = 'schema_version'"))
+        engine.dispose()
+        return
     keyed = int(version) <= 5
     table = OLD_LINKS if keyed else OLD_LINKS.replace(", PRIMARY KEY (message_id, seq))", ")")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -191,6 +201,28 @@ def link_layout(g: IdentityGraph) -> tuple[set[str], bool]:
             keyed = any(r[5] for r in conn.exec_driver_sql("PRAGMA table_info(ig_links)"))
         names.discard("ig_links_pkey")
         return {n for n in names if not n.startswith("sqlite_autoindex")}, keyed
+
+
+def id_index_columns(g: IdentityGraph) -> dict[str, list[str]]:
+    """The columns of the links' source and target indexes, in order."""
+    out = {}
+    with g._store._connect() as conn:
+        for name in ("ix_ig_links_source", "ix_ig_links_target"):
+            if g._store.pg:
+                out[name] = list(conn.exec_driver_sql(
+                    "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()"
+                    " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+                    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+                    f" WHERE c.relname = '{name}' ORDER BY k.n").scalars())
+            else:
+                out[name] = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info({name})")]
+    return out
+
+
+#: Schema 9's covering source and target indexes.
+COVERING = {"ix_ig_links_source": ["source", "target", "repeat", "pair"],
+            "ix_ig_links_target": ["target", "source", "repeat", "pair"]}
 
 
 def _plain(profiles: Any) -> list[tuple[str, list[str]]]:
@@ -242,11 +274,37 @@ def test_a_schema_7_graph_gets_its_links_folded_when_opened(
         assert upgraded == ([f"upgraded the graph from schema 7 to {SCHEMA_VERSION} (links)"] if old else [])
         with g:
             assert link_layout(g) == (FOLDED, False)
+            assert id_index_columns(g) == COVERING
             rows, pairs = folding(g)
             rest = [g.ingest(e).status for e in events]  # the first 200 again: nothing new
             states.append((first, rest, rows, pairs, folding(g), answers(g, events)))
     assert states[0] == states[1]
     assert states[0][2] > 2 * states[0][3]  # repeats were folded across copy steps
+
+
+def test_a_schema_8_graph_gets_covering_link_indexes_when_opened(
+    graph_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Schema 8's one-column source and target indexes are made again with the target (or
+    source), the flag and the key; the rows stay as they are, and so do the answers."""
+    events = linked_history(300, 17, users=6, devices=8)
+    states = []
+    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (graph_url, True)):
+        with IdentityGraph(url) as g:
+            first = [g.ingest(e).status for e in events[:200]]
+        if old:
+            make_old_links(url, "8")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="identity_graph.store"):
+            g = IdentityGraph(url)  # opening it upgrades
+        upgraded = [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "identity_graph.store"]
+        assert upgraded == ([f"upgraded the graph from schema 8 to {SCHEMA_VERSION} (link indexes)"] if old else [])
+        with g:
+            assert link_layout(g) == (FOLDED, False)
+            assert id_index_columns(g) == COVERING
+            rest = [g.ingest(e).status for e in events]
+            states.append((first, rest, folding(g), answers(g, events)))
+    assert states[0] == states[1]
 
 
 @pytest.mark.parametrize("keys", ["blake2b", "crowded"])
