@@ -63,6 +63,22 @@ def pair_key(source: str, target: str) -> int:
     return v - ((v >> 63) << 64)  # as signed: both databases' BIGINT
 
 
+def probe_sql(n: int) -> str:
+    """SQLite's statement for :meth:`Links.stored` of ``n`` pairs: a VALUES list joined to
+    the table, which seeks each pair (a row-value ``IN`` list would scan the index).
+
+    ``INDEXED BY``: without it, SQLite's planner (which has no statistics: nothing runs
+    ANALYZE) builds an automatic index over every link for each statement once the list
+    is long. On a 10M-event graph: 1.4 s for 500 pairs, against 4.6 ms through the index.
+
+    >>> "INDEXED BY ix_ig_links_source" in probe_sql(2)
+    True
+    """
+    return (f"SELECT l.source, l.target FROM (VALUES {','.join(['(?,?)'] * n)}) AS v"
+            " JOIN ig_links AS l INDEXED BY ix_ig_links_source"
+            " ON l.source = v.column1 AND l.target = v.column2 WHERE l.repeat = 0")
+
+
 class Links:
     """The statements that know the folded layout, on one DBAPI cursor; ``sql`` is the
     store's ``_Sql`` (``?`` marks, ``IN`` lists, a table's index names)."""
@@ -131,12 +147,7 @@ class Links:
             return found
         for i in range(0, len(pairs), _BATCH):
             chunk = pairs[i:i + _BATCH]
-            # A VALUES list joined to the table: SQLite seeks each row (a row-value IN
-            # list would scan the whole index).
-            self.cur.execute(
-                f"SELECT l.source, l.target FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS v"
-                " JOIN ig_links AS l ON l.source = v.column1 AND l.target = v.column2 WHERE l.repeat = 0",
-                [x for p in chunk for x in p])
+            self.cur.execute(probe_sql(len(chunk)), [x for p in chunk for x in p])
             found.update(self.cur.fetchall())
         return found
 
