@@ -79,6 +79,12 @@ def probe_sql(n: int) -> str:
             " ON l.source = v.column1 AND l.target = v.column2 WHERE l.repeat = 0")
 
 
+#: PostgreSQL's statement for :meth:`Links.stored`: the pairs as two arrays.
+PG_PROBE = ("SELECT l.source, l.target FROM unnest(%s::text[], %s::text[]) AS v(s, t)"
+            " CROSS JOIN LATERAL (SELECT source, target FROM ig_links"
+            " WHERE source = v.s AND target = v.t AND repeat = 0 LIMIT 1) AS l")
+
+
 class Links:
     """The statements that know the folded layout, on one DBAPI cursor; ``sql`` is the
     store's ``_Sql`` (``?`` marks, ``IN`` lists, a table's index names)."""
@@ -137,12 +143,15 @@ class Links:
         """
         found: set[tuple[str, str]] = set()
         if self.sql.pg:
-            # Two arrays: one parameter each, whatever their length.
-            head = ("SELECT l.source, l.target FROM unnest(?::text[], ?::text[]) AS v(s, t)"
-                    " JOIN ig_links AS l ON l.source = v.s AND l.target = v.t WHERE l.repeat = 0")
+            # Two arrays: one parameter each, whatever their length. LATERAL ... LIMIT 1
+            # makes it one index-only probe per pair: a plain join was planned as a hash
+            # join over every first row of the graph (2M links, 50k pairs: 0.30 s against
+            # 0.17 s, and growing with the graph). JIT off, as for the register's probe:
+            # the planner prices 50k probes high enough to compile the query, for nothing.
+            self.cur.execute("SET LOCAL jit = off")
             for i in range(0, len(pairs), _PG_BATCH):
                 chunk = pairs[i:i + _PG_BATCH]
-                self.cur.execute(self.sql(head), ([p[0] for p in chunk], [p[1] for p in chunk]))
+                self.cur.execute(PG_PROBE, ([p[0] for p in chunk], [p[1] for p in chunk]))
                 found.update(map(tuple, self.cur.fetchall()))
             return found
         for i in range(0, len(pairs), _BATCH):

@@ -143,6 +143,20 @@ def test_lookups_by_id_read_the_partial_indexes(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.postgres
+def test_the_postgresql_probe_seeks_each_pair(pg_schemas: Any) -> None:
+    """LATERAL ... LIMIT 1: a nested loop of index-only seeks into the covering index,
+    never a hash join over every stored pair (which a plain join was planned as)."""
+    with IdentityGraph(pg_schemas.new_url()) as g:
+        g.ingest_many(history()[:50])
+        with g._store._connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: ask whether the index serves
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(
+                "EXPLAIN " + links.PG_PROBE, ([f"a{i}" for i in range(500)], [f"u{i}" for i in range(500)])))
+    assert "Nested Loop" in plan and "Hash" not in plan, plan
+    assert "Index Only Scan using ix_ig_links_source" in plan, plan
+
+
 def test_a_pair_key_is_the_signed_xxh3_of_source_nul_target() -> None:
     """A stored format: graphs of schema 8 hold these keys, so the function may get faster
     but never different (another scheme needs a migration)."""
