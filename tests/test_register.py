@@ -253,12 +253,15 @@ def test_a_graph_made_before_schema_6_gets_its_links_copied_into_the_unkeyed_tab
     assert len(states[0][3]) > 50
 
 
-def test_a_schema_7_graph_gets_its_links_folded_when_opened(
-    graph_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("version", "upgrade"), [("7", "links"), ("8", "link indexes")])
+def test_a_schema_7_or_8_graph_gets_the_new_links_layout_when_opened(
+    graph_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    version: str, upgrade: str,
 ) -> None:
-    """The same events into a new graph and into one whose links are unfolded in between
-    (copied in many small steps, so a pair's repeats span steps): the same answers, and
-    one first row per pair."""
+    """The same events into a new graph and into one whose links are made old in between:
+    the same answers, one first row per pair, and the covering indexes. Schema 7's links
+    are unfolded and copied in many small steps, so a pair's repeats span steps; schema
+    8's keep their rows and get their source and target indexes made again."""
     monkeypatch.setattr(links, "_COPY_BATCH", 7)
     events = linked_history(300, 13, users=6, devices=8)
     states = []
@@ -266,12 +269,12 @@ def test_a_schema_7_graph_gets_its_links_folded_when_opened(
         with IdentityGraph(url) as g:
             first = [g.ingest(e).status for e in events[:200]]
         if old:
-            make_old_links(url, "7")
+            make_old_links(url, version)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="identity_graph.store"):
-            g = IdentityGraph(url)  # opening it migrates
+            g = IdentityGraph(url)  # opening it upgrades
         upgraded = [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "identity_graph.store"]
-        assert upgraded == ([f"upgraded the graph from schema 7 to {SCHEMA_VERSION} (links)"] if old else [])
+        assert upgraded == ([f"upgraded the graph from schema {version} to {SCHEMA_VERSION} ({upgrade})"] if old else [])
         with g:
             assert link_layout(g) == (FOLDED, False)
             assert id_index_columns(g) == COVERING
@@ -279,32 +282,7 @@ def test_a_schema_7_graph_gets_its_links_folded_when_opened(
             rest = [g.ingest(e).status for e in events]  # the first 200 again: nothing new
             states.append((first, rest, rows, pairs, folding(g), answers(g, events)))
     assert states[0] == states[1]
-    assert states[0][2] > 2 * states[0][3]  # repeats were folded across copy steps
-
-
-def test_a_schema_8_graph_gets_covering_link_indexes_when_opened(
-    graph_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Schema 8's one-column source and target indexes are made again with the target (or
-    source), the flag and the key; the rows stay as they are, and so do the answers."""
-    events = linked_history(300, 17, users=6, devices=8)
-    states = []
-    for url, old in ((f"sqlite:///{tmp_path / 'new.db'}", False), (graph_url, True)):
-        with IdentityGraph(url) as g:
-            first = [g.ingest(e).status for e in events[:200]]
-        if old:
-            make_old_links(url, "8")
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="identity_graph.store"):
-            g = IdentityGraph(url)  # opening it upgrades
-        upgraded = [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "identity_graph.store"]
-        assert upgraded == ([f"upgraded the graph from schema 8 to {SCHEMA_VERSION} (link indexes)"] if old else [])
-        with g:
-            assert link_layout(g) == (FOLDED, False)
-            assert id_index_columns(g) == COVERING
-            rest = [g.ingest(e).status for e in events]
-            states.append((first, rest, folding(g), answers(g, events)))
-    assert states[0] == states[1]
+    assert states[0][2] > 2 * states[0][3]  # repeats were folded (across copy steps, from 7)
 
 
 @pytest.mark.parametrize("keys", ["blake2b", "crowded"])
