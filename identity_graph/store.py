@@ -161,7 +161,8 @@ class Store:
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242010001)")
                 # A register made before schema 7 is copied under XXH3 keys, and links
                 # made before schema 8 into the folded layout (each copy makes its new
-                # table), in this same transaction: all or nothing.
+                # table), and schema 8's source and target indexes are made covering, in
+                # this same transaction: all or nothing.
                 cur = conn.connection.cursor()
                 sql = _Sql(self.pg)
                 started = _time.perf_counter()
