@@ -79,7 +79,10 @@ def probe_sql(n: int) -> str:
             " ON l.source = v.column1 AND l.target = v.column2 WHERE l.repeat = 0")
 
 
-#: PostgreSQL's statement for :meth:`Links.stored`: the pairs as two arrays.
+#: PostgreSQL's statement for :meth:`Links.stored`: the pairs as two arrays. LATERAL ...
+#: LIMIT 1 makes it one index-only probe per pair: a plain join was planned as a hash join
+#: over every first row of the graph (2M links, 50k pairs: 0.30 s against 0.17 s, and
+#: growing with the graph).
 PG_PROBE = ("SELECT l.source, l.target FROM unnest(%s::text[], %s::text[]) AS v(s, t)"
             " CROSS JOIN LATERAL (SELECT source, target FROM ig_links"
             " WHERE source = v.s AND target = v.t AND repeat = 0 LIMIT 1) AS l")
@@ -143,21 +146,17 @@ class Links:
         """
         found: set[tuple[str, str]] = set()
         if self.sql.pg:
-            # Two arrays: one parameter each, whatever their length. LATERAL ... LIMIT 1
-            # makes it one index-only probe per pair: a plain join was planned as a hash
-            # join over every first row of the graph (2M links, 50k pairs: 0.30 s against
-            # 0.17 s, and growing with the graph). JIT off, as for the register's probe:
-            # the planner prices 50k probes high enough to compile the query, for nothing.
+            # JIT off, as for the register's probe: the planner prices 50k probes high
+            # enough to compile the query, for nothing.
             self.cur.execute("SET LOCAL jit = off")
-            for i in range(0, len(pairs), _PG_BATCH):
-                chunk = pairs[i:i + _PG_BATCH]
+        size = _PG_BATCH if self.sql.pg else _BATCH
+        for i in range(0, len(pairs), size):
+            chunk = pairs[i:i + size]
+            if self.sql.pg:  # two arrays: one parameter each, whatever their length
                 self.cur.execute(PG_PROBE, ([p[0] for p in chunk], [p[1] for p in chunk]))
-                found.update(map(tuple, self.cur.fetchall()))
-            return found
-        for i in range(0, len(pairs), _BATCH):
-            chunk = pairs[i:i + _BATCH]
-            self.cur.execute(probe_sql(len(chunk)), [x for p in chunk for x in p])
-            found.update(self.cur.fetchall())
+            else:
+                self.cur.execute(probe_sql(len(chunk)), [x for p in chunk for x in p])
+            found.update(map(tuple, self.cur.fetchall()))
         return found
 
     def erase(self, id_: str) -> None:
@@ -184,8 +183,8 @@ class Links:
         return True
 
     def drop_narrow_indexes(self) -> None:
-        """Drop schema 8's one-column source and target indexes, for the store to make
-        schema 9's covering ones under the same names."""
+        """Drop schema 8's one-column source and target indexes: the store then makes
+        every declared index the graph lacks, schema 9's covering ones among them."""
         for name in ("ix_ig_links_source", "ix_ig_links_target"):
             self.cur.execute(f"DROP INDEX IF EXISTS {name}")
 

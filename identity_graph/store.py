@@ -174,9 +174,12 @@ class Store:
                         links.drop_narrow_indexes()
                     old_register = Register(cur, sql).migrate(lambda: metadata.create_all(conn))
                     metadata.create_all(conn)
-                    if narrow:  # create_all makes a table's indexes only with the table
-                        for index in links_t.indexes:
-                            if index.name in ("ix_ig_links_source", "ix_ig_links_target"):
+                    # create_all makes a table's indexes only with the table: make those an
+                    # existing table lacks (an upgrade dropped them to make them anew).
+                    for table in metadata.sorted_tables:
+                        have = sql.index_names(cur, table.name)
+                        for index in table.indexes:
+                            if index.name not in have:
                                 index.create(conn)
                     if old_links:
                         links.copy_old(WriteTx(cur, self.pg).insert_rows)
