@@ -31,11 +31,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import engine_version, fresh_graph_url, machine_note
+from _common import backend_name, engine_version, fresh_graph_url, machine_note
 from bench_import import _rss_kb, _tree
 
 from identity_graph import IdentityGraph
-from identity_graph.importer import DEFAULT_IMPORT_BATCH, MAX_IMPORT_BATCH, ImportIssue, ImportProgress, import_events
+from identity_graph.importer import (DEFAULT_IMPORT_BATCH, GROWING_DIALECTS, MAX_IMPORT_BATCH, ImportIssue,
+                                      ImportProgress, import_events)
 from identity_graph.readers import expand_sources
 
 
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.tempdir = args.tmp  # where fresh_graph_url makes the SQLite file
 
     print(f"bench_scale: machine: {machine_note()}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    grows = backend_name(args.db) in GROWING_DIALECTS
     batch = (f"{args.batch_size:,} events" if args.batch_size else
-             f"{DEFAULT_IMPORT_BATCH:,} events, growing with the graph to {MAX_IMPORT_BATCH:,}")
+             f"{DEFAULT_IMPORT_BATCH:,} events" + (f", growing with the graph to {MAX_IMPORT_BATCH:,}" if grows else ""))
     print(engine_version() + f"; batch {batch}")
     size = sum(source.size or 0 for source in expand_sources(args.paths))  # the files the import will read
     print(f"input: {' '.join(args.paths)}: {size / 1e9:,.1f} GB on disk")

@@ -138,7 +138,7 @@ SHOWN_ISSUES = 10
 # The figures are importer.DEFAULT_IMPORT_BATCH and MAX_IMPORT_BATCH, written out: importing the
 # importer here would slow every `lookup` (tests/test_import_cli.py checks that they agree).
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Events per transaction. Default: 500,000, growing with the graph to 2,000,000"
+              help="Events per transaction. Default: 500,000; on SQLite growing with the graph to 2,000,000"
                    " (an eighth of the events it holds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

@@ -71,6 +71,16 @@ class IdentityGraph:
     def url(self) -> str:
         return self._store.url
 
+    @property
+    def dialect(self) -> str:
+        """The database behind the graph: ``"sqlite"`` or ``"postgresql"``.
+
+        >>> with IdentityGraph("sqlite://") as g:
+        ...     g.dialect
+        'sqlite'
+        """
+        return self._store.dialect
+
     def close(self) -> None:
         """Release the database connections."""
         self._store.dispose()

@@ -57,6 +57,13 @@ DEFAULT_IMPORT_BATCH = 500_000
 #: 500k commit's keys at once instead of per 100k chunk wrote as much. A whole import of 30M
 #: events: 578 s -> 457-495 s, 99 GB -> 47-49 GB written (benchmarks/README.md, session 17).
 BATCH_GROWTH = 8
+#: The databases whose imports grow their transactions. Not PostgreSQL: it writes WAL per
+#: row and a touched page once per checkpoint, not every touched page at every commit as
+#: SQLite's WAL does, so fewer commits save it little, while a grown batch keeps more
+#: events in memory and packs them. 30M events, in turns (session 21): growing 651 and
+#: 678 s, peak 1.84 GB; 500,000 a batch 595 and 671 s, peak 1.58 GB; the same WAL (62-63 GB).
+#: Session 18 found the same at 20M (337 s against 318 s).
+GROWING_DIALECTS = frozenset({"sqlite"})
 #: The largest grown batch: its parsed events are kept until it commits (see apply_chunks),
 #: the first DEFAULT_IMPORT_BATCH as objects (~440 bytes an event), the rest packed (~140).
 MAX_IMPORT_BATCH = 2_000_000
@@ -178,8 +185,9 @@ def import_events(
     or unreadable file raises :class:`~identity_graph.readers.SourceError` before or while
     reading it, after committing the events read before it; re-running completes the import.
     ``batch_size``: events per transaction; a batch is applied in chunks of at most
-    ``CHUNK_EVENTS`` and kept in memory until it commits. None (the default): it grows
-    with the graph, from ``DEFAULT_IMPORT_BATCH`` to ``MAX_IMPORT_BATCH`` (see :func:`batch_events`).
+    ``CHUNK_EVENTS`` and kept in memory until it commits. None (the default):
+    ``DEFAULT_IMPORT_BATCH``, and on SQLite growing with the graph up to ``MAX_IMPORT_BATCH``
+    (see :func:`batch_events` and ``GROWING_DIALECTS``).
     ``parallel``: read and validate in child processes (two; see "the parse workers"
     below) while this one writes. Off by default in the library: they are *spawned*,
     which re-imports the calling script,
@@ -237,7 +245,8 @@ def _import(
 ) -> None:
     started = time.perf_counter()
     rules = graph.rules
-    registered = graph.register_size() if batch_size is None else 0
+    grows = batch_size is None and graph.dialect in GROWING_DIALECTS
+    registered = graph.register_size() if grows else 0
     args = (expanded, min(batch_size or DEFAULT_IMPORT_BATCH, CHUNK_EVENTS), rules, strict)
     # Workers leave a chunk's fall-back events out of the pipe, for the writer to read again
     # in the rare fall-back (~half of a chunk's bytes; 0.2-0.4 s of a 1M-event import),
@@ -278,7 +287,7 @@ def _import(
         while first is not None:
             # The events read so far stand for the rows they registered (a re-run's duplicates
             # register nothing, but a re-run's batches need no growing).
-            size = batch_size or batch_events(registered + summary.events)
+            size = batch_size or (batch_events(registered + summary.events) if grows else DEFAULT_IMPORT_BATCH)
             # Past the events of a default batch, the chunks a grown transaction keeps for a
             # retry are packed: 30M events, the writer's peak 2,449 -> 1,772 MB (session 17).
             for line_offset, conflicting in graph.apply_chunks(_batch(first, size, take), summary,
@@ -295,7 +304,7 @@ def _import(
 
 def batch_events(registered: int) -> int:
     """Events in an import's next transaction when the graph's register holds about
-    ``registered`` rows (and no batch size was given): see ``BATCH_GROWTH``.
+    ``registered`` rows (on SQLite, and no batch size was given): see ``BATCH_GROWTH``.
 
     >>> batch_events(0), batch_events(8_000_000), batch_events(100_000_000)
     (500000, 1000000, 2000000)

@@ -386,5 +386,5 @@ def test_the_batch_size_default_is_the_importers() -> None:
 
     option = next(p for p in cli.commands["import"].params if p.name == "batch_size")
     assert option.default is None  # the importer's growing batch
-    assert f"Default: {DEFAULT_IMPORT_BATCH:,}, growing with the graph to {MAX_IMPORT_BATCH:,}" in option.help
+    assert f"Default: {DEFAULT_IMPORT_BATCH:,}; on SQLite growing with the graph to {MAX_IMPORT_BATCH:,}" in option.help
     assert BATCH_GROWTH == 8 and "(an eighth of the events it holds)" in option.help
