@@ -245,9 +245,10 @@ def _import(
 ) -> None:
     started = time.perf_counter()
     rules = graph.rules
-    grows = batch_size is None and graph.dialect in GROWING_DIALECTS
-    registered = graph.register_size() if grows else 0
-    args = (expanded, min(batch_size or DEFAULT_IMPORT_BATCH, CHUNK_EVENTS), rules, strict)
+    # Where batches do not grow, an unset batch size is simply the default (GROWING_DIALECTS).
+    fixed = batch_size or (None if graph.dialect in GROWING_DIALECTS else DEFAULT_IMPORT_BATCH)
+    registered = graph.register_size() if fixed is None else 0
+    args = (expanded, min(fixed or DEFAULT_IMPORT_BATCH, CHUNK_EVENTS), rules, strict)
     # Workers leave a chunk's fall-back events out of the pipe, for the writer to read again
     # in the rare fall-back (~half of a chunk's bytes; 0.2-0.4 s of a 1M-event import),
     # except where every batch falls back: a graph that has erased IDs (see apply_chunk).
@@ -287,7 +288,7 @@ def _import(
         while first is not None:
             # The events read so far stand for the rows they registered (a re-run's duplicates
             # register nothing, but a re-run's batches need no growing).
-            size = batch_size or (batch_events(registered + summary.events) if grows else DEFAULT_IMPORT_BATCH)
+            size = fixed or batch_events(registered + summary.events)
             # Past the events of a default batch, the chunks a grown transaction keeps for a
             # retry are packed: 30M events, the writer's peak 2,449 -> 1,772 MB (session 17).
             for line_offset, conflicting in graph.apply_chunks(_batch(first, size, take), summary,
