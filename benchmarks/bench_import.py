@@ -12,7 +12,10 @@ ratio of its time to the floor's:
   union-find applying every rule, one SQLite transaction writing the map and the links.
   Its map must equal the engine's ``dict(IdentityGraph(url).identities())`` (checked);
 * ``networkx + ORM`` -- ``naive_networkx.py``: what users write today (no rules beyond
-  dropping blocked values; its map differs), ``--skip-naive`` skips it.
+  dropping blocked values; its map differs), ``--skip-naive`` skips it;
+* ``warehouse SQL``  -- ``warehouse_sql.py``: the other thing users do today, stitching in SQL
+  over the raw events, on DuckDB (the same map as the networkx script's, checked). Information,
+  not a target; it runs when the ``bench`` extra is installed (``--skip-warehouse`` skips it).
 
 Each engine import is also run a second time into the graph it made (information, not a
 target): a re-run after a crash, or an export overlapping the last one, every event a
@@ -259,9 +262,31 @@ def engine_map(url: str) -> dict[str, str]:
         return dict(g.identities())
 
 
-def floor_map(db_path: str) -> dict[str, str]:
+def floor_map(db_path: str, table: str = "ids") -> dict[str, str]:
     with sqlite3.connect(db_path) as conn:
-        return dict(conn.execute("SELECT id, canonical FROM ids"))
+        return dict(conn.execute(f"SELECT id, canonical FROM {table}"))
+
+
+def have_duckdb() -> bool:
+    try:
+        import duckdb  # noqa: F401  (the bench extra)
+    except ImportError:
+        return False
+    return True
+
+
+def warehouse_cmd(path: str, db: str) -> list[str]:
+    return [sys.executable, os.path.join(HERE, "warehouse_sql.py"), path, db]
+
+
+def warehouse_map(db_path: str) -> dict[str, str]:
+    import duckdb
+
+    con = duckdb.connect(db_path, read_only=True)
+    try:
+        return dict(con.execute("SELECT id, canonical FROM identities").fetchall())
+    finally:
+        con.close()
 
 
 def compare_maps(name_a: str, a: dict[str, str], name_b: str, b: dict[str, str]) -> bool:
@@ -326,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-url", default=PG_URL, help="PostgreSQL server (a fresh schema is made and dropped)")
     ap.add_argument("--skip-pg", action="store_true", help="no PostgreSQL import")
     ap.add_argument("--skip-naive", action="store_true", help="no networkx + ORM script")
+    ap.add_argument("--skip-warehouse", action="store_true", help="no warehouse SQL (DuckDB) script")
     ap.add_argument("--skip-months", action="store_true", help="no second-month import")
     ap.add_argument("--month-events", type=int, help="events per 'month' (default --events)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender, best kept; the floor and the SQLite import alternate (default %(default)s)")
@@ -416,6 +442,21 @@ def main(argv: list[str] | None = None) -> int:
             print(line(naive, floor.seconds))
             print(f"      {naive.extra}  (its map differs: no protection, no size cap)")
 
+        # -- warehouse SQL (DuckDB) ------------------------------------------------------------
+        warehouse = None
+        if not args.skip_warehouse and not have_duckdb():
+            print("  warehouse SQL (DuckDB): not run: duckdb is not installed (pip install -e '.[bench]')")
+        elif not args.skip_warehouse:
+            warehouse_db = os.path.join(tmp, "warehouse.duckdb")
+            warehouse = best_of(args.repeat, lambda: run_process(
+                "warehouse SQL (DuckDB)", warehouse_cmd(path, warehouse_db), n))
+            warehouse.extra.update(json.loads(warehouse.stdout))
+            print(line(warehouse, floor.seconds))
+            print(f"      {warehouse.extra}  (no rules: the networkx script's map)")
+            if naive:
+                compare_maps("warehouse SQL", warehouse_map(warehouse_db), "networkx + ORM",
+                             floor_map(naive_db, "identities"))
+
         # -- second month ------------------------------------------------------------------------
         months = None
         if not args.skip_months:
@@ -505,6 +546,13 @@ def main(argv: list[str] | None = None) -> int:
             print(line(naive_day, None) + "   (it holds no graph: it redoes the history)")
             day = naive_day.seconds / engine_day.seconds
             print(f"  keeping the graph current: the engine is {day:.1f}x faster than re-running networkx + ORM")
+            if warehouse:
+                warehouse_day = best_of(args.repeat, lambda: run_process(
+                    "warehouse SQL, month 1 + the day", warehouse_cmd(both_path, os.path.join(tmp, "warehouse-day.duckdb")),
+                    m + day_events))
+                print(line(warehouse_day, None) + "   (it holds no graph: it redoes the history)")
+                print(f"  keeping the graph current: the engine is {warehouse_day.seconds / engine_day.seconds:.1f}x "
+                      "faster than re-running the warehouse SQL")
 
         # -- targets -------------------------------------------------------------------------------
         print("\ntargets:")
@@ -531,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                            r_m <= TARGET_MONTH_RATIO))
         for what, value, good in checks:
             print(f"  {what:48s} {value:>12s}   {verdict(good)}")
+        if warehouse:
+            print(f"  {'information: warehouse SQL (DuckDB) time / engine':48s} "
+                  f"{warehouse.seconds / sqlite_run.seconds:>11.2f}x   (no rules, no register, no links)")
         print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
