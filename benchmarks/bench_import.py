@@ -57,9 +57,11 @@ sys.path.insert(0, HERE)
 
 import orjson
 from _common import engine_version, fresh_graph_url, machine_note
+from _blocked import BLOCKED
 from generate import generate_events, write_jsonl
 
 from identity_graph import IdentityGraph
+from identity_graph.rules import DEFAULT_BLOCKED_VALUES
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLI = os.path.join(os.path.dirname(sys.executable), "identity-graph")
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-dir", default=os.path.join(HERE, "out"), help="where .prof files go")
     ap.add_argument("--top", type=int, default=30, help="functions shown per profile (default %(default)s)")
     args = ap.parse_args(argv)
+    if BLOCKED != DEFAULT_BLOCKED_VALUES:  # the contenders' copy must drop what the engine drops
+        raise SystemExit(f"benchmarks/_blocked.py {sorted(BLOCKED)} != the engine's {sorted(DEFAULT_BLOCKED_VALUES)}")
 
     print(f"bench_import: machine: {machine_note()}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(engine_version())

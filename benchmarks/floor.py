@@ -44,8 +44,8 @@ from typing import Any
 
 import msgspec
 import orjson
+from _blocked import BLOCKED
 
-BLOCKED = frozenset({"null", "undefined", "none", "nan", "0", "-1", "anonymous", "[object object]"})
 MAX_PROFILE_IDS = 1000
 PROTECT_KNOWN_IDS = True
 TYPES = frozenset({"alias", "identify", "track", "page", "screen", "group"})

@@ -22,10 +22,10 @@ import time
 
 import networkx as nx
 import orjson
+from _blocked import BLOCKED
 from sqlalchemy import String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-BLOCKED = frozenset({"null", "undefined", "none", "nan", "0", "-1", "anonymous", "[object object]"})
 
 
 class Base(DeclarativeBase):

@@ -30,9 +30,17 @@ import sys
 import time
 
 import duckdb
+from _blocked import BLOCKED
 
-# naive_networkx.BLOCKED, compared lower-cased; DuckDB casts a non-string JSON value to its text.
-BLOCKED = ("null", "undefined", "none", "nan", "0", "-1", "anonymous", "[object object]")
+
+def clean(field: str) -> str:
+    """SQL for the ID in the JSON column ``field``, or NULL where ``naive_networkx.clean`` gives
+    None: missing, a JSON null or boolean, blank, or blocked (compared lower-cased). DuckDB
+    gives a number's text, as ``str`` does."""
+    blocked = ", ".join(f"'{b}'" for b in sorted(BLOCKED))
+    text = f"{field} ->> '$'"
+    return (f"CASE WHEN json_type({field}) IN ('BOOLEAN', 'NULL') OR trim({text}) = '' "
+            f"OR lower({text}) IN ({blocked}) THEN NULL ELSE {text} END")
 
 
 def main(argv: list[str]) -> int:
@@ -42,15 +50,11 @@ def main(argv: list[str]) -> int:
             os.remove(p)
     t0 = time.perf_counter()
     con = duckdb.connect(db_path)
-    blocked = ", ".join(f"'{b}'" for b in BLOCKED)
-    # A value is an ID unless missing, blank or blocked; a JSON boolean is no ID (as in the script).
-    clean = ("CASE WHEN json_type({v}) IN ('BOOLEAN', 'NULL') OR trim({v} ->> '$') = '' "
-             f"OR lower({{v}} ->> '$') IN ({blocked}) THEN NULL ELSE {{v}} ->> '$' END")
     con.execute(f"""
         CREATE TEMP TABLE ev AS
-        SELECT {clean.format(v='userId')} AS u,
-               {clean.format(v='anonymousId')} AS a,
-               CASE WHEN type = 'alias' THEN {clean.format(v='previousId')} END AS p
+        SELECT {clean('userId')} AS u,
+               {clean('anonymousId')} AS a,
+               CASE WHEN type = 'alias' THEN {clean('previousId')} END AS p
         FROM read_json(?, format = 'newline_delimited', ignore_errors = true,
                        columns = {{'type': 'VARCHAR', 'userId': 'JSON', 'anonymousId': 'JSON',
                                   'previousId': 'JSON'}})
